@@ -1,0 +1,546 @@
+#!/usr/bin/env python3
+"""bootcfg: network-boot config server for bare-metal fleets.
+
+Machines that PXE/iPXE boot (or ask Pixiecore) get the kernel, initrd, kernel
+arguments and cloud-config meant for them, chosen by UUID, then MAC, then a default,
+from a directory of plain files. Standard library only; Python 3.8+.
+
+This module is the CLI, the HTTP server and the route table. Finding configs is
+store.py; turning them into bytes is render.py; serving image files is images.py.
+"""
+
+import argparse
+import http.server
+import logging
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from typing import NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import images
+import render
+import store
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("bootcfg")
+
+# Every tunable limit of the server, with why its default is safe.
+LIMITS = {
+    # Seconds a connection may sit idle (or stall mid-request) before it is closed.
+    # iPXE reuses a connection within milliseconds between script, kernel and
+    # initrd; 30 s is generous for that and still frees threads of dead clients.
+    "idle_timeout": 30.0,
+    # Connections served at once (one thread each). A boot storm of a few racks is
+    # a few hundred; past this a client gets an immediate 503 rather than the
+    # server growing threads without bound.
+    "max_connections": 1024,
+    # Listen backlog: a rack powering on at once connects in the same millisecond.
+    "listen_backlog": 128,
+    # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    "stop_grace": 5.0,
+}
+
+IDENTITY = ("bootcfg %s\n" % __version__).encode()
+
+
+class HTTPError(Exception):
+    """An answer other than 200, raised by a route handler."""
+
+    def __init__(self, status, message, headers=()):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, list(headers)
+
+
+class Request(NamedTuple):
+    method: str
+    path: str            # as sent, before percent-decoding, without the query
+    query: dict          # name -> first value, percent-decoded
+    headers: object      # http.client.HTTPMessage
+    server: "BootServer"
+
+
+class Response:
+    """What a route handler returns. `file` is (open file, offset, count) for
+    answers sent with sendfile; `matched` and `machine` go to the access log."""
+
+    def __init__(self, status=200, body=b"", content_type="text/plain; charset=utf-8",
+                 headers=(), file=None, matched="", machine=""):
+        self.status, self.body, self.file = status, body, file
+        self.headers = [("Content-Type", content_type)] + list(headers)
+        self.length = file[2] if file else len(body)
+        self.matched, self.machine = matched, machine
+
+
+# ---------------------------------------------------------------- route handlers
+
+def handle_identity(req):
+    return Response(body=IDENTITY)
+
+
+def handle_chainload(req):
+    return Response(body=render.render_chainload())
+
+
+def handle_ipxe(req):
+    uuid, mac = machine_from_query(req.query)
+    match = _lookup(req, "boot", uuid, mac)
+    return Response(body=render.render_ipxe(match.value), matched=match.path,
+                    machine=_machine(uuid, mac))
+
+
+def handle_cloud(req):
+    uuid, mac = machine_from_query(req.query)
+    match = _lookup(req, "cloud", uuid, mac)
+    return Response(body=match.value, matched=match.path, machine=_machine(uuid, mac))
+
+
+def handle_pixiecore(req):
+    raw = unquote(req.path[len("/pixiecore/v1/boot/"):])
+    try:
+        mac = store.parse_mac(raw)
+    except ValueError as e:
+        raise HTTPError(400, str(e)) from None
+    if mac is None:
+        raise HTTPError(400, "placeholder MAC %s names no machine" % raw)
+    match = _lookup(req, "boot", None, mac)
+    return Response(body=render.render_pixiecore(match.value),
+                    content_type="application/json", matched=match.path,
+                    machine=_machine(None, mac))
+
+
+def handle_image(req):
+    root = req.server.images_root
+    if root is None:
+        raise HTTPError(404, "image serving is off: no images directory")
+    try:
+        status, headers, file = images.serve(root, req.path[len("/images/"):], req.headers)
+    except images.Refused as e:
+        if e.status == 403:
+            log.warning("refused image %s: %s", _printable(req.path), e.message)
+        raise HTTPError(e.status, e.message, e.headers) from None
+    resp = Response(status, file=file, matched="images")
+    resp.headers = headers
+    return resp
+
+
+# Exact paths, then prefixes. A new endpoint is one line here.
+ROUTES = {
+    "/": handle_identity,
+    "/boot.ipxe": handle_chainload,
+    "/boot.ipxe.0": handle_chainload,     # dnsmasq's proxy-DHCP appends ".0"
+    "/ipxe": handle_ipxe,
+    "/cloud": handle_cloud,
+}
+PREFIX_ROUTES = (
+    ("/pixiecore/v1/boot/", handle_pixiecore),
+    ("/images/", handle_image),
+)
+
+
+def find_route(path):
+    handler = ROUTES.get(path)
+    if handler is None:
+        for prefix, candidate in PREFIX_ROUTES:
+            if path.startswith(prefix):
+                return candidate
+    return handler
+
+
+def dispatch(req):
+    """Run the route for a request: the one place failures become 4xx/5xx."""
+    handler = find_route(req.path)
+    if handler is None:
+        return _error(404, "no such endpoint: %s" % req.path[:200])
+    try:
+        return handler(req)
+    except HTTPError as e:
+        resp = _error(e.status, e.message)
+        resp.headers += e.headers
+        return resp
+    except NoMatch as e:
+        return _error(404, str(e), matched="no match", machine=e.machine)
+    except store.LoadError as e:
+        # The store has logged the reason with the full path.
+        return _error(500, "%s cannot be used; the server log says why" % e.path,
+                      matched=e.path + " (invalid)")
+    except Exception:
+        log.exception("internal error on %s %s", req.method, req.path[:200])
+        return _error(500, "internal error; the server log has the traceback")
+
+
+class NoMatch(Exception):
+    def __init__(self, kind, machine):
+        super().__init__("no %s config for %s and no %s/default" % (kind, machine, kind))
+        self.machine = machine
+
+
+def machine_from_query(query):
+    """Validated (uuid, mac) from a query; malformed values are ignored with a
+    warning, so the machine still matches by its other key or the default."""
+    keys = []
+    for name in ("uuid", "mac"):
+        raw = query.get(name, "")
+        value = None
+        if raw:
+            try:
+                value = store.KEY_PARSERS[name](raw)
+            except ValueError as e:
+                log.warning("ignoring %s in query: %s", name, e)
+        keys.append(value)
+    return tuple(keys)
+
+
+def _lookup(req, kind, uuid, mac):
+    found = req.server.store.lookup(kind, uuid, mac)
+    if found.error is not None:
+        raise found.error
+    if found.match is None:
+        raise NoMatch(kind, _machine(uuid, mac))
+    return found.match
+
+
+def _machine(uuid, mac):
+    return "uuid=%s mac=%s" % (uuid or "-", mac or "-")
+
+
+def _error(status, message, matched="", machine=""):
+    return Response(status, (message + "\n").encode("utf-8", "replace"),
+                    matched=matched, machine=machine)
+
+
+# ---------------------------------------------------------------- HTTP plumbing
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One connection. GET and HEAD go through the route table; the stdlib does
+    the parsing, keep-alive and the idle timeout (`timeout`)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "bootcfg/" + __version__
+    sys_version = ""
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
+    disable_nagle_algorithm = True
+    timeout = LIMITS["idle_timeout"]
+    _in_route = False
+
+    def do_GET(self):
+        self._serve(send_body=True)
+
+    def do_HEAD(self):
+        self._serve(send_body=False)
+
+    def _refuse_method(self):
+        self._in_route = True
+        started = time.perf_counter()
+        # A body we will not read would be parsed as the next request: close.
+        self.close_connection = True
+        resp = _error(405, "method %s not allowed; use GET or HEAD" % self.command)
+        resp.headers.append(("Allow", "GET, HEAD"))
+        sent = self._send(resp, send_body=True)
+        self._log_access(resp, sent, started)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = \
+        _refuse_method
+
+    def _serve(self, send_body):
+        self._in_route = True
+        started = time.perf_counter()
+        self.server.request_started()
+        try:
+            if self.headers.get("Content-Length", "0").strip() not in ("", "0") or \
+                    "Transfer-Encoding" in self.headers:
+                self.close_connection = True  # we do not read request bodies
+            try:
+                path, query = split_target(self.path)
+            except ValueError as e:
+                resp = _error(400, str(e))
+            else:
+                resp = dispatch(Request(self.command, path, query, self.headers, self.server))
+            if self.server.stopping:
+                self.close_connection = True
+            sent = self._send(resp, send_body)
+            self._log_access(resp, sent, started)
+        finally:
+            self.server.request_finished()
+
+    def _send(self, resp, send_body):
+        """Write the answer; returns body bytes sent (-1 if the client went away)."""
+        sent = 0
+        try:
+            self.send_response(resp.status)
+            for name, value in resp.headers:
+                self.send_header(name, value)
+            if resp.status != 304:
+                self.send_header("Content-Length", str(resp.length))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if send_body and resp.status != 304:
+                if resp.file is not None:
+                    f, offset, count = resp.file
+                    sent = self.connection.sendfile(f, offset, count) if count else 0
+                else:
+                    self.wfile.write(resp.body)
+                    sent = len(resp.body)
+        except (ConnectionError, TimeoutError, socket.timeout) as e:
+            self.close_connection = True
+            log.info("%s went away during %s %s: %s", self.address_string(),
+                     self.command, _printable(self.path), e.__class__.__name__)
+            sent = -1
+        finally:
+            if resp.file is not None:
+                resp.file[0].close()
+        return sent
+
+    def _log_access(self, resp, sent, started):
+        ms = (time.perf_counter() - started) * 1000
+        log.info('%s "%s %s" %d %s %.1fms %s file=%s', self.address_string(),
+                 self.command, _printable(self.path), resp.status,
+                 "%dB" % sent if sent >= 0 else "aborted", ms,
+                 resp.machine or "uuid=- mac=-", resp.matched or "-")
+
+    def version_string(self):
+        return self.server_version
+
+    def address_string(self):
+        return self.client_address[0]
+
+    def log_request(self, code="-", size="-"):
+        # Called by send_response. Our routes log their own line after the body is
+        # sent; this logs the answers the stdlib gives itself (400, 414, 431, 501).
+        if not self._in_route:
+            log.info('%s "%s %s" %s', self.address_string(), self.command or "-",
+                     _printable(self.path or "-"), code)
+
+    def log_error(self, format, *args):
+        log.debug("%s: %s", self.address_string(), format % args)
+
+    def log_message(self, format, *args):
+        log.debug("%s: %s", self.address_string(), format % args)
+
+
+def split_target(target):
+    """(path, query dict) from a request target; absolute-form is accepted."""
+    if not target.startswith("/"):
+        if not target.lower().startswith(("http://", "https://")):
+            raise ValueError("request target must start with /")
+        parts = urlsplit(target)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    path, _, qs = target.partition("?")
+    query = {}
+    for name, values in parse_qs(qs, keep_blank_values=True).items():
+        query[name] = values[0]
+    return path, query
+
+
+class BootServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, bounded by LIMITS["max_connections"]."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = LIMITS["listen_backlog"]
+
+    def __init__(self, address, data_store, images_root=None, family=socket.AF_INET):
+        self.address_family = family
+        self.store = data_store
+        self.images_root = images_root
+        self.stopping = False
+        self.open_connections = 0
+        self.busy = 0
+        self._count_lock = threading.Lock()
+        super().__init__(address, Handler)
+
+    def server_bind(self):
+        # Not HTTPServer.server_bind: its getfqdn() can wait on DNS for seconds on
+        # an air-gapped host.
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def process_request(self, request, client_address):
+        with self._count_lock:
+            full = self.open_connections >= LIMITS["max_connections"]
+            if not full:
+                self.open_connections += 1
+        if full:
+            log.warning("%s refused: %d connections open (max_connections)",
+                        client_address[0], self.open_connections)
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError as e:  # the system will not start another thread
+            self._connection_done()
+            log.error("%s refused: %s", client_address[0], e)
+            self._refuse_busy(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_done()
+
+    def _connection_done(self):
+        with self._count_lock:
+            self.open_connections -= 1
+
+    def _refuse_busy(self, request):
+        body = b"503 server busy, try again\n"
+        try:
+            request.settimeout(1)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                            b"Content-Type: text/plain\r\nConnection: close\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def request_started(self):
+        with self._count_lock:
+            self.busy += 1
+
+    def request_finished(self):
+        with self._count_lock:
+            self.busy -= 1
+
+    def handle_error(self, request, client_address):
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+            log.info("%s went away: %s", client_address[0], e.__class__.__name__)
+        else:
+            log.exception("internal error serving %s", client_address[0])
+
+    def stop(self, grace=LIMITS["stop_grace"]):
+        """Stop accepting, then give in-flight requests `grace` seconds."""
+        self.stopping = True
+        self.server_close()
+        deadline = time.monotonic() + grace
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _printable(text, limit=300):
+    """A request path as it can be logged: no control characters, bounded."""
+    out = "".join(c if 0x20 <= ord(c) < 0x7F else "\\x%02x" % (ord(c) & 0xFF) for c in text)
+    return out if len(out) <= limit else out[:limit] + "..."
+
+
+# ---------------------------------------------------------------- CLI
+
+class UsageError(Exception):
+    pass
+
+
+def parse_address(text):
+    """(host, port) from "host:port", "[v6]:port" or ":port" (all addresses)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError("address %r: expected host:port, [ipv6]:port or :port" % text)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise UsageError("address %r: put an IPv6 address in brackets, e.g. [::]:8080"
+                         % text)
+    return host or "0.0.0.0", int(port)
+
+
+def resolve_address(host, port):
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError("address %s: %s" % (host, e.strerror)) from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr[:2]
+
+
+def build_parser():
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="bootcfg", allow_abbrev=False,
+        description="Network-boot config server: answers iPXE and Pixiecore with the "
+                    "boot config and cloud-config for each machine (by UUID, then MAC, "
+                    "then default) from a data directory.",
+        epilog="Each flag also takes a single dash (-address=0.0.0.0:8080) and can be "
+               "set by its BOOTCFG_* environment variable; the flag wins.")
+    p.add_argument("-address", "--address", default=env("BOOTCFG_ADDRESS", "127.0.0.1:8080"),
+                   help="listen address, host:port or [ipv6]:port "
+                        "(BOOTCFG_ADDRESS; default %(default)s)")
+    p.add_argument("-data-path", "--data-path", default=env("BOOTCFG_DATA_PATH", "./data"),
+                   help="config directory (BOOTCFG_DATA_PATH; default %(default)s)")
+    p.add_argument("-images-path", "--images-path", default=env("BOOTCFG_IMAGES_PATH"),
+                   help="directory served under /images/ (BOOTCFG_IMAGES_PATH; default "
+                        "./images, and image serving is off if it does not exist)")
+    p.add_argument("-log-level", "--log-level", type=str.lower,
+                   default=env("BOOTCFG_LOG_LEVEL", "info"),
+                   choices=("debug", "info", "warning", "error"),
+                   help="debug, info, warning or error (BOOTCFG_LOG_LEVEL; default info)")
+    p.add_argument("-version", "--version", action="version",
+                   version="bootcfg %s" % __version__)
+    return p
+
+
+def make_store(data_path):
+    return store.FileStore(data_path, {"boot": render.parse_boot_config, "cloud": None})
+
+
+def open_server(args):
+    """Check the configuration and bind; raises UsageError with a one-line reason."""
+    data = os.path.abspath(args.data_path)
+    if not os.path.isdir(data):
+        raise UsageError("data directory %s does not exist (set -data-path or "
+                         "BOOTCFG_DATA_PATH)" % data)
+    images_root = None
+    if args.images_path is None:
+        if os.path.isdir("images"):
+            images_root = os.path.realpath("images")
+        else:
+            log.info("image serving is off: ./images does not exist (set -images-path)")
+    elif os.path.isdir(args.images_path):
+        images_root = os.path.realpath(args.images_path)
+    else:
+        raise UsageError("images directory %s does not exist" % args.images_path)
+    family, address = resolve_address(*parse_address(args.address))
+    try:
+        server = BootServer(address, make_store(data), images_root, family)
+    except OSError as e:
+        raise UsageError("cannot listen on %s: %s" % (args.address, e.strerror or e)) \
+            from None
+    return server
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = open_server(args)
+    except UsageError as e:
+        print("bootcfg: %s" % e, file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    log.info("bootcfg %s listening on http://%s:%d/ data=%s images=%s", __version__,
+             "[%s]" % host if ":" in host else host, port, server.store.root,
+             server.images_root or "off")
+
+    def on_signal(signum, frame):
+        log.info("%s: stopping", signal.Signals(signum).name)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever()
+    server.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
