@@ -29,6 +29,10 @@ import store
 __version__ = "0.1.0"
 
 log = logging.getLogger("bootcfg")
+# Start and stop lines are shown at every -log-level: a logger's own level is the
+# only one checked for its records, and this one is pinned to INFO.
+lifecycle = logging.getLogger("bootcfg.lifecycle")
+lifecycle.setLevel(logging.INFO)
 
 # Every tunable limit of the server, with why its default is safe.
 LIMITS = {
@@ -221,13 +225,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
     the parsing, keep-alive and the idle timeout (`timeout`)."""
 
     protocol_version = "HTTP/1.1"
+    # Errors for requests without a version get a status line, not HTTP/0.9 bytes.
+    default_request_version = "HTTP/1.0"
     server_version = "bootcfg/" + __version__
     sys_version = ""
     error_message_format = "%(code)d %(message)s\n"
     error_content_type = "text/plain; charset=utf-8"
     disable_nagle_algorithm = True
-    timeout = LIMITS["idle_timeout"]
     _in_route = False
+
+    @property
+    def timeout(self):
+        # The socket timeout StreamRequestHandler.setup() applies: idle limit.
+        return LIMITS["idle_timeout"]
 
     def do_GET(self):
         self._serve(send_body=True)
@@ -260,6 +270,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 path, query = split_target(self.path)
             except ValueError as e:
                 resp = _error(400, str(e))
+                self.close_connection = True
             else:
                 resp = dispatch(Request(self.command, path, query, self.headers, self.server))
             if self.server.stopping:
@@ -315,8 +326,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # Called by send_response. Our routes log their own line after the body is
         # sent; this logs the answers the stdlib gives itself (400, 414, 431, 501).
         if not self._in_route:
-            log.info('%s "%s %s" %s', self.address_string(), self.command or "-",
-                     _printable(self.path or "-"), code)
+            log.info('%s "%s" %s', self.address_string(),
+                     _printable(getattr(self, "requestline", "") or "-"), code)
 
     def log_error(self, format, *args):
         log.debug("%s: %s", self.address_string(), format % args)
@@ -526,19 +537,19 @@ def main(argv=None):
         print("bootcfg: %s" % e, file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
-    log.info("bootcfg %s listening on http://%s:%d/ data=%s images=%s", __version__,
+    lifecycle.info("bootcfg %s listening on http://%s:%d/ data=%s images=%s", __version__,
              "[%s]" % host if ":" in host else host, port, server.store.root,
              server.images_root or "off")
 
     def on_signal(signum, frame):
-        log.info("%s: stopping", signal.Signals(signum).name)
+        lifecycle.info("%s: stopping", signal.Signals(signum).name)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.serve_forever()
+    server.serve_forever(poll_interval=0.2)
     server.stop()
-    log.info("stopped")
+    lifecycle.info("stopped")
     return 0
 
 

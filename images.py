@@ -51,11 +51,12 @@ def serve(root, raw_path, headers):
     except OSError as e:
         raise Refused(404 if not os.path.exists(path) else 403,
                       "cannot open image: %s" % e.strerror) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise Refused(404, "no such image (not a file)")
     f = os.fdopen(fd, "rb")
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused(404, "no such image (not a file)")
         return _answer(f, st, path, headers)
     except BaseException:
         f.close()
@@ -128,7 +129,7 @@ def byte_range(header, size):
     if not first.isdigit() or (last and not last.isdigit()):
         return None
     start = int(first)
-    end = int(last) if last else size - 1
+    end = int(last) if last else max(start, size - 1)
     if end < start:
         return None
     if start >= size:

@@ -1,0 +1,130 @@
+"""Server behaviour that needs its limits changed: the BootServer runs in this
+process on a loopback port, with real sockets."""
+
+import http.client
+import socket
+import threading
+import time
+
+import pytest
+
+import bootcfg
+
+
+@pytest.fixture
+def serve(data_dir, monkeypatch):
+    servers = []
+
+    def start(**limits):
+        for key, value in limits.items():
+            monkeypatch.setitem(bootcfg.LIMITS, key, value)
+        srv = bootcfg.BootServer(("127.0.0.1", 0), bootcfg.make_store(str(data_dir)))
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def connect(srv):
+    return socket.create_connection(srv.server_address[:2], timeout=5)
+
+
+def read_response(sock):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def closed_within(sock, seconds):
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+
+
+def test_idle_keep_alive_connection_closed(serve):
+    srv = serve(idle_timeout=0.5)
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_response(s).startswith(b"HTTP/1.1 200")
+    assert closed_within(s, 3)
+
+
+def test_stalled_request_closed(serve):
+    srv = serve(idle_timeout=0.5)
+    s = connect(srv)
+    s.sendall(b"GET / HTTP/1.1\r\nHo")
+    assert closed_within(s, 3)
+
+
+def test_nagle_off(serve, monkeypatch):
+    seen = []
+    setup = bootcfg.Handler.setup
+
+    def recording_setup(self):
+        setup(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(bootcfg.Handler, "setup", recording_setup)
+    srv = serve()
+    c = http.client.HTTPConnection(*srv.server_address[:2], timeout=5)
+    c.request("GET", "/")
+    c.getresponse().read()
+    c.close()
+    assert seen and all(seen)
+
+
+def test_connection_limit_answers_503(serve):
+    srv = serve(max_connections=2)
+    held = [connect(srv), connect(srv)]
+    deadline = time.monotonic() + 2
+    while srv.open_connections < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    extra = connect(srv)
+    answer = read_response(extra)
+    assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After" in answer
+    held[0].close()
+    while srv.open_connections >= 2:
+        assert time.monotonic() < deadline + 2
+        time.sleep(0.01)
+    c = connect(srv)
+    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_response(c).startswith(b"HTTP/1.1 200")
+
+
+def test_stop_lets_in_flight_requests_finish(serve, monkeypatch):
+    def slow(req):
+        time.sleep(0.8)
+        return bootcfg.Response(body=b"finished\n")
+
+    monkeypatch.setitem(bootcfg.ROUTES, "/slow", slow)
+    srv = serve()
+    result = {}
+
+    def client():
+        c = http.client.HTTPConnection(*srv.server_address[:2], timeout=5)
+        c.request("GET", "/slow")
+        r = c.getresponse()
+        result["answer"] = (r.status, r.read(), r.getheader("Connection"))
+
+    t = threading.Thread(target=client)
+    t.start()
+    while srv.busy == 0:
+        time.sleep(0.01)
+    srv.shutdown()
+    srv.stop(grace=5)
+    t.join(5)
+    assert result["answer"] == (200, b"finished\n", "close")
+    with pytest.raises(OSError):
+        connect(srv)
