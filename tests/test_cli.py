@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import bootcfg_command
+from helpers import bootcfg_command
 
 FLAGS = ("address", "data-path", "images-path", "log-level")
 

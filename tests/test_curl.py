@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import MAC1, UUID1, need_tool
+from helpers import MAC1, UUID1, need_tool
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_the_readme_run_command_serves_bundled_data(start_server, curl):
     """`python3 bootcfg.py` from the checkout, as the README says: the bundled
     data/ answers for the example machines."""
     import os
-    from conftest import ROOT
+    from helpers import ROOT
     uuid = sorted(os.listdir(os.path.join(ROOT, "data/boot/uuid")))[0]
     s = start_server(cwd=ROOT)
     for path, want in [("/ipxe?uuid=" + uuid, b"flatcar.first_boot=1"),

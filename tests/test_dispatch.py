@@ -6,7 +6,7 @@ import types
 import pytest
 
 import bootcfg
-from conftest import MAC1, UUID1
+from helpers import MAC1, UUID1
 from render import BootConfig
 from store import LoadError, Lookup, Match
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import MAC1, UUID1, boot_json, request, write, write_atomic
+from helpers import MAC1, UUID1, boot_json, request, write, write_atomic
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import store
-from conftest import MAC1, UUID1, boot_json, write, write_atomic
+from helpers import MAC1, UUID1, boot_json, write, write_atomic
 from render import parse_boot_config
 from store import FileStore, LoadError, parse_mac, parse_uuid
 

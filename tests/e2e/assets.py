@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Builds what the end-to-end guests boot, cached under .cache/e2e/:
+
+    vmlinuz      a real Debian cloud kernel (apt-get download + dpkg-deb -x)
+    initrd.gz    a busybox initramfs made here: loads virtio_net, gets an address
+                 by DHCP, fetches the cloud-config-url from /proc/cmdline and
+                 prints it on the serial console between markers, then powers off
+
+    python3 tests/e2e/assets.py      # prepare (CI does this in .ci/run)
+
+Needs apt-get/dpkg-deb and Debian's busybox-static. Reruns reuse the cache.
+"""
+
+import glob
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE = os.path.join(ROOT, ".cache", "e2e")
+KERNEL_PACKAGE = "linux-image-cloud-amd64"
+NET_MODULES = ("virtio_pci", "virtio_net")   # with everything they depend on
+BUSYBOX = "/bin/busybox"
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "E2E-INIT: started"
+for m in $(cat /lib/modules/order); do
+    insmod /lib/modules/$m.ko || echo "E2E-INIT: insmod $m failed"
+done
+n=0
+while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+ip link set lo up
+ip link set eth0 up
+if ! udhcpc -i eth0 -n -q -t 10 -T 2 -s /etc/udhcpc.script; then
+    echo "E2E-RESULT: dhcp failed"
+    poweroff -f
+fi
+url=$(sed -n 's/.*cloud-config-url=\([^ ]*\).*/\1/p' /proc/cmdline)
+echo "E2E-CMDLINE: $(cat /proc/cmdline)"
+echo "E2E-URL: $url"
+if wget -q -O /tmp/cloud "$url"; then
+    echo "E2E-CLOUD-BEGIN"
+    cat /tmp/cloud
+    echo
+    echo "E2E-CLOUD-END"
+else
+    echo "E2E-RESULT: fetch failed"
+fi
+poweroff -f
+"""
+
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+    bound|renew)
+        ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}"
+        [ -n "$router" ] && route add default gw "${router%% *}" dev "$interface"
+        echo "E2E-DHCP: $interface $ip"
+        ;;
+esac
+exit 0
+"""
+
+
+def log(msg):
+    print("e2e assets: " + msg, file=sys.stderr)
+
+
+def kernel_package():
+    out = subprocess.run(["apt-cache", "depends", KERNEL_PACKAGE], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", out)
+    if not m:
+        raise RuntimeError("apt-cache depends %s names no kernel:\n%s" % (KERNEL_PACKAGE, out))
+    return m.group(1)
+
+
+def fetch_kernel(dest):
+    """Extract the newest cloud kernel package into dest; returns its version."""
+    package = kernel_package()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)   # apt's _apt user writes the download here
+        log("downloading " + package)
+        subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL)
+        deb = glob.glob(os.path.join(tmp, "*.deb"))[0]
+        subprocess.run(["dpkg-deb", "-x", deb, dest], check=True)
+    return package[len("linux-image-"):]
+
+
+def module_files(tree, version):
+    found = {}
+    for path in glob.glob(os.path.join(tree, "lib/modules", version, "kernel/**/*.ko*"),
+                          recursive=True):
+        name = os.path.basename(path).split(".ko")[0].replace("-", "_")
+        found[name] = path
+    return found
+
+
+def module_bytes(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.endswith(".gz"):
+        return gzip.decompress(data)
+    return data
+
+
+def load_order(files, wanted):
+    """Modules to insmod, dependencies first (from each module's modinfo)."""
+    order = []
+
+    def visit(name, chain=()):
+        if name in order or name not in files:   # loaded already, or built in
+            return
+        if name in chain:
+            raise RuntimeError("module dependency loop: %s" % " -> ".join(chain))
+        m = re.search(rb"\0depends=([^\0]*)\0", b"\0" + module_bytes(files[name]))
+        for dep in (m.group(1).decode().split(",") if m and m.group(1) else []):
+            visit(dep.replace("-", "_"), chain + (name,))
+        order.append(name)
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+class Cpio:
+    """A newc cpio archive, written deterministically (fixed mtimes, inodes)."""
+
+    def __init__(self):
+        self.out = io.BytesIO()
+        self.ino = 1
+
+    def add(self, name, mode, data=b"", rdev=(0, 0)):
+        self.ino += 1
+        name_b = name.encode() + b"\0"
+        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1],
+                  len(name_b), 0]
+        self.out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + name_b)
+        self._pad()
+        self.out.write(data)
+        self._pad()
+
+    def _pad(self):
+        self.out.write(b"\0" * (-self.out.tell() % 4))
+
+    def finish(self):
+        self.add("TRAILER!!!", 0)
+        return self.out.getvalue()
+
+
+def build_initramfs(modules):
+    with open(BUSYBOX, "rb") as f:
+        busybox = f.read()
+    cpio = Cpio()
+    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp"):
+        cpio.add(d, stat.S_IFDIR | 0o755)
+    cpio.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
+    cpio.add("bin/busybox", stat.S_IFREG | 0o755, busybox)
+    cpio.add("bin/sh", stat.S_IFLNK | 0o777, b"busybox")
+    cpio.add("init", stat.S_IFREG | 0o755, INIT.encode())
+    cpio.add("etc/udhcpc.script", stat.S_IFREG | 0o755, UDHCPC_SCRIPT.encode())
+    for name, data in modules:
+        cpio.add("lib/modules/%s.ko" % name, stat.S_IFREG | 0o644, data)
+    cpio.add("lib/modules/order", stat.S_IFREG | 0o644,
+             "".join(n + "\n" for n, _ in modules).encode())
+    return gzip.compress(cpio.finish(), mtime=0)
+
+
+def prepare():
+    """Paths (vmlinuz, initrd.gz), built once and cached."""
+    os.makedirs(CACHE, exist_ok=True)
+    vmlinuz = os.path.join(CACHE, "vmlinuz")
+    initrd = os.path.join(CACHE, "initrd.gz")
+    stamp = os.path.join(CACHE, "stamp")
+    with open(BUSYBOX, "rb") as f:
+        key = hashlib.sha256(INIT.encode() + UDHCPC_SCRIPT.encode() + f.read()).hexdigest()
+    if os.path.exists(stamp) and open(stamp).read() == key and \
+            os.path.exists(vmlinuz) and os.path.exists(initrd):
+        return vmlinuz, initrd
+    with tempfile.TemporaryDirectory(dir=CACHE) as tree:
+        version = fetch_kernel(tree)
+        files = module_files(tree, version)
+        order = load_order(files, NET_MODULES)
+        log("kernel %s, modules %s" % (version, " ".join(order)))
+        image = build_initramfs([(n, module_bytes(files[n])) for n in order])
+        for src, dst, data in ((os.path.join(tree, "boot", "vmlinuz-" + version), vmlinuz, None),
+                               (None, initrd, image)):
+            tmp = dst + ".tmp"
+            if data is None:
+                shutil.copyfile(src, tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+            os.replace(tmp, dst)
+    with open(stamp, "w") as f:
+        f.write(key)
+    return vmlinuz, initrd
+
+
+if __name__ == "__main__":
+    for path in prepare():
+        print(path)

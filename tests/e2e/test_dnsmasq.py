@@ -1,0 +1,111 @@
+"""Scenario 4: the seed's network recipe, for real, in a network namespace made
+by the test: a bridge and a tap device, dnsmasq as DHCP server running the
+README's configuration (contrib/dnsmasq/bootcfg.conf, addresses substituted),
+bootcfg listening on the bridge address, and a QEMU guest on the tap.
+
+DHCP -> boot.ipxe -> /ipxe -> kernel + initrd -> DHCP again -> cloud-config.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import uuid as uuidlib
+
+import pytest
+
+from e2e_helpers import boot_config, cloud_of, missing, verdict
+from helpers import ROOT, write
+
+RECIPE = os.path.join(ROOT, "contrib", "dnsmasq", "bootcfg.conf")
+RECIPE_NET = "192.168.122."     # the addresses the recipe is written with
+TEST_NET = "10.231.0."          # what this test substitutes, inside its own namespace
+
+
+def substitute(text):
+    """The recipe with only its addresses changed."""
+    return text.replace(RECIPE_NET, TEST_NET)
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def boot_netns(qemu):
+    """A namespace with bridge br-boot (TEST_NET.1/24) and tap0 on it."""
+    if os.geteuid() != 0:
+        missing("root (network namespaces, bridges and taps)")
+    for tool in ("ip", "dnsmasq"):
+        if shutil.which(tool) is None:
+            missing(tool)
+    ns = "bootcfg-e2e-%d" % os.getpid()
+    subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+    sh("ip", "netns", "add", ns)
+    try:
+        n = ["ip", "-n", ns]
+        sh(*n, "link", "set", "lo", "up")
+        sh(*n, "link", "add", "br-boot", "type", "bridge")
+        sh(*n, "addr", "add", TEST_NET + "1/24", "dev", "br-boot")
+        sh(*n, "link", "set", "br-boot", "up")
+        sh(*n, "tuntap", "add", "dev", "tap0", "mode", "tap")
+        sh(*n, "link", "set", "tap0", "master", "br-boot")
+        sh(*n, "link", "set", "tap0", "up")
+        yield ns
+    finally:
+        pids = subprocess.run(["ip", "netns", "pids", ns], stdout=subprocess.PIPE,
+                              text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-9", pid], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_recipe_is_what_readme_shows():
+    """The README quotes the recipe; the test below runs the file itself."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    recipe = open(RECIPE).read()
+    for line in ("dhcp-userclass=set:ipxe,iPXE",
+                 "dhcp-boot=tag:ipxe,http://192.168.122.1:8080/boot.ipxe",
+                 "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe"):
+        assert line in recipe and line in readme
+
+
+def test_dnsmasq_recipe_boots_a_machine(boot_netns, start_server, guests, guest_images,
+                                        tmp_path):
+    ns = boot_netns
+    in_ns = ["ip", "netns", "exec", ns]
+    recipe = substitute(open(RECIPE).read())
+    assert re.search(r"^interface=br-boot$", recipe, re.M)
+    conf = write(str(tmp_path / "dnsmasq.conf"), recipe)
+    dnsmasq = subprocess.Popen(
+        in_ns + ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--log-dhcp",
+                 "--conf-file=" + conf, "--dhcp-leasefile=%s" % (tmp_path / "leases"),
+                 "--pid-file=%s" % (tmp_path / "dnsmasq.pid")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        data = tmp_path / "data"
+        token = uuidlib.uuid4().hex[:12]
+        base = "http://%s1:8080" % TEST_NET
+        boot_config(str(data / "boot/default"), base, "dnsmasq")
+        write(str(data / "cloud/default"), "#cloud-config\nhostname: lan-%s\n" % token)
+        server = start_server("-address", TEST_NET + "1:8080", "-data-path", str(data),
+                              "-images-path", guest_images, wrap=in_ns)
+        g = guests("lan", "52:54:00:e2:01:01", "tap,ifname=tap0,script=no,downscript=no",
+                   wrap=in_ns)
+        try:
+            m = verdict(g, server, r"E2E-CLOUD-BEGIN.*?E2E-CLOUD-END")
+        except AssertionError as e:
+            dnsmasq.kill()
+            raise AssertionError("%s\n---- dnsmasq ----\n%s" % (
+                e, dnsmasq.communicate()[0].decode("utf-8", "replace")[-3000:])) from None
+        assert cloud_of(m.group(0)) == "#cloud-config\nhostname: lan-%s\n" % token
+        console = g.text()
+        # iPXE got its address and the bootcfg URL from dnsmasq, not from QEMU.
+        assert re.search(r"net0: %s\d+/255\.255\.255\.0" % re.escape(TEST_NET), console)
+        assert "Filename: %s/boot.ipxe" % base in console
+        assert "E2E-DHCP: eth0 %s" % TEST_NET in console
+        for step in ("/boot.ipxe", "/ipxe?", "/images/vmlinuz", "/images/initrd.gz", "/cloud?"):
+            assert server.wait_log(r'"GET %s\S*" 200' % re.escape(step)), step
+    finally:
+        dnsmasq.kill()
+        dnsmasq.wait()
