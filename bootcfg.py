@@ -6,7 +6,8 @@ arguments and cloud-config meant for them, chosen by UUID, then MAC, then a defa
 from a directory of plain files. Standard library only; Python 3.8+.
 
 This module is the CLI, the HTTP server and the route table. Finding configs is
-store.py; turning them into bytes is render.py; serving image files is images.py.
+store.py; turning them into bytes is render.py; serving image files is images.py;
+systemd socket activation and readiness are systemd_integration.py.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import images
 import render
 import store
+import systemd_integration
 
 __version__ = "0.1.0"
 
@@ -357,15 +359,23 @@ class BootServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = LIMITS["listen_backlog"]
 
-    def __init__(self, address, data_store, images_root=None, family=socket.AF_INET):
-        self.address_family = family
+    def __init__(self, address, data_store, images_root=None, family=socket.AF_INET,
+                 sock=None):
+        """Bind `address`, or with `sock` serve an already listening socket (one
+        systemd passed)."""
+        self.address_family = sock.family if sock is not None else family
         self.store = data_store
         self.images_root = images_root
         self.stopping = False
         self.open_connections = 0
         self.busy = 0
         self._count_lock = threading.Lock()
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, bind_and_activate=sock is None)
+        if sock is not None:
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            self.server_name, self.server_port = self.server_address[:2]
 
     def server_bind(self):
         # Not HTTPServer.server_bind: its getfqdn() can wait on DNS for seconds on
@@ -502,8 +512,9 @@ def make_store(data_path):
     return store.FileStore(data_path, {"boot": render.parse_boot_config, "cloud": None})
 
 
-def open_server(args):
-    """Check the configuration and bind; raises UsageError with a one-line reason."""
+def open_servers(args):
+    """Check the configuration and bind (or take the sockets systemd passed);
+    raises UsageError with a one-line reason."""
     data = os.path.abspath(args.data_path)
     if not os.path.isdir(data):
         raise UsageError("data directory %s does not exist (set -data-path or "
@@ -518,13 +529,17 @@ def open_server(args):
         images_root = os.path.realpath(args.images_path)
     else:
         raise UsageError("images directory %s does not exist" % args.images_path)
+    data_store = make_store(data)
+    inherited = systemd_integration.listen_sockets()
+    if inherited:
+        log.info("using %d socket(s) from systemd; -address is not used", len(inherited))
+        return [BootServer(None, data_store, images_root, sock=s) for s in inherited]
     family, address = resolve_address(*parse_address(args.address))
     try:
-        server = BootServer(address, make_store(data), images_root, family)
+        return [BootServer(address, data_store, images_root, family)]
     except OSError as e:
         raise UsageError("cannot listen on %s: %s" % (args.address, e.strerror or e)) \
             from None
-    return server
 
 
 def main(argv=None):
@@ -532,23 +547,31 @@ def main(argv=None):
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
-        server = open_server(args)
+        servers = open_servers(args)
     except UsageError as e:
         print("bootcfg: %s" % e, file=sys.stderr)
         return 2
-    host, port = server.server_address[:2]
-    lifecycle.info("bootcfg %s listening on http://%s:%d/ data=%s images=%s", __version__,
-             "[%s]" % host if ":" in host else host, port, server.store.root,
-             server.images_root or "off")
+    for server in servers:
+        host, port = server.server_address[:2]
+        lifecycle.info("bootcfg %s listening on http://%s:%d/ data=%s images=%s",
+                       __version__, "[%s]" % host if ":" in host else host, port,
+                       server.store.root, server.images_root or "off")
 
     def on_signal(signum, frame):
         lifecycle.info("%s: stopping", signal.Signals(signum).name)
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        systemd_integration.notify("STOPPING=1")
+        for server in servers:
+            threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.serve_forever(poll_interval=0.2)
-    server.stop()
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         daemon=True).start()
+    systemd_integration.notify("READY=1\nSTATUS=serving %s" % servers[0].store.root)
+    servers[0].serve_forever(poll_interval=0.2)
+    for server in servers:
+        server.stop()
     lifecycle.info("stopped")
     return 0
 
