@@ -11,6 +11,8 @@ systemd socket activation and readiness are systemd_integration.py.
 """
 
 import argparse
+import datetime
+import json
 import http.server
 import logging
 import os
@@ -20,10 +22,14 @@ import socketserver
 import sys
 import threading
 import time
+import types
 from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import check
+import explain
 import images
+import metrics
 import render
 import store
 import systemd_integration
@@ -35,6 +41,7 @@ log = logging.getLogger("bootcfg")
 # only one checked for its records, and this one is pinned to INFO.
 lifecycle = logging.getLogger("bootcfg.lifecycle")
 lifecycle.setLevel(logging.INFO)
+access = logging.getLogger("bootcfg.access")
 
 # Every tunable limit of the server, with why its default is safe.
 LIMITS = {
@@ -80,7 +87,8 @@ class Response:
         self.status, self.body, self.file = status, body, file
         self.headers = [("Content-Type", content_type)] + list(headers)
         self.length = file[2] if file else len(body)
-        self.matched, self.machine = matched, machine
+        self.matched = matched
+        self.machine = machine      # (uuid, mac), canonical or ""
 
 
 # ---------------------------------------------------------------- route handlers
@@ -120,6 +128,12 @@ def handle_pixiecore(req):
                     machine=_machine(None, mac))
 
 
+def handle_metrics(req):
+    server = req.server
+    body = server.metrics.render(server.open_connections, server.store.stats())
+    return Response(body=body, content_type=metrics.CONTENT_TYPE)
+
+
 def handle_image(req):
     root = req.server.images_root
     if root is None:
@@ -142,6 +156,7 @@ ROUTES = {
     "/boot.ipxe.0": handle_chainload,     # dnsmasq's proxy-DHCP appends ".0"
     "/ipxe": handle_ipxe,
     "/cloud": handle_cloud,
+    "/metrics": handle_metrics,
 }
 PREFIX_ROUTES = (
     ("/pixiecore/v1/boot/", handle_pixiecore),
@@ -150,17 +165,19 @@ PREFIX_ROUTES = (
 
 
 def find_route(path):
+    """(route name, handler); the name is the ROUTES key or prefix, for metrics."""
     handler = ROUTES.get(path)
-    if handler is None:
-        for prefix, candidate in PREFIX_ROUTES:
-            if path.startswith(prefix):
-                return candidate
-    return handler
+    if handler is not None:
+        return path, handler
+    for prefix, candidate in PREFIX_ROUTES:
+        if path.startswith(prefix):
+            return prefix, candidate
+    return "other", None
 
 
 def dispatch(req):
     """Run the route for a request: the one place failures become 4xx/5xx."""
-    handler = find_route(req.path)
+    _, handler = find_route(req.path)
     if handler is None:
         return _error(404, "no such endpoint: %s" % req.path[:200])
     try:
@@ -174,7 +191,7 @@ def dispatch(req):
     except store.LoadError as e:
         # The store has logged the reason with the full path.
         return _error(500, "%s cannot be used; the server log says why" % e.path,
-                      matched=e.path + " (invalid)")
+                      matched=e.path + " (invalid)", machine=getattr(e, "machine", ""))
     except Exception:
         log.exception("internal error on %s %s", req.method, req.path[:200])
         return _error(500, "internal error; the server log has the traceback")
@@ -182,7 +199,8 @@ def dispatch(req):
 
 class NoMatch(Exception):
     def __init__(self, kind, machine):
-        super().__init__("no %s config for %s and no %s/default" % (kind, machine, kind))
+        super().__init__("no %s config for uuid=%s mac=%s and no %s/default"
+                         % (kind, machine[0] or "-", machine[1] or "-", kind))
         self.machine = machine
 
 
@@ -204,7 +222,10 @@ def machine_from_query(query):
 
 def _lookup(req, kind, uuid, mac):
     found = req.server.store.lookup(kind, uuid, mac)
+    how = found.match.how if found.match else "invalid" if found.error else "none"
+    req.server.metrics.lookup(kind, how)
     if found.error is not None:
+        found.error.machine = _machine(uuid, mac)
         raise found.error
     if found.match is None:
         raise NoMatch(kind, _machine(uuid, mac))
@@ -212,7 +233,7 @@ def _lookup(req, kind, uuid, mac):
 
 
 def _machine(uuid, mac):
-    return "uuid=%s mac=%s" % (uuid or "-", mac or "-")
+    return (uuid or "", mac or "")
 
 
 def _error(status, message, matched="", machine=""):
@@ -313,10 +334,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _log_access(self, resp, sent, started):
         ms = (time.perf_counter() - started) * 1000
-        log.info('%s "%s %s" %d %s %.1fms %s file=%s', self.address_string(),
-                 self.command, _printable(self.path), resp.status,
-                 "%dB" % sent if sent >= 0 else "aborted", ms,
-                 resp.machine or "uuid=- mac=-", resp.matched or "-")
+        path = _printable(self.path)
+        route, _ = find_route(self.path.partition("?")[0])
+        self.server.metrics.request(route, resp.status, sent)
+        uuid, mac = resp.machine or ("", "")
+        fields = {"client": self.address_string(), "method": self.command, "path": path,
+                  "status": resp.status, "bytes": sent if sent >= 0 else None,
+                  "aborted": sent < 0, "ms": round(ms, 2), "uuid": uuid or None,
+                  "mac": mac or None, "file": resp.matched or None}
+        access.info('%s "%s %s" %d %s %.1fms uuid=%s mac=%s file=%s',
+                    self.address_string(), self.command, path, resp.status,
+                    "%dB" % sent if sent >= 0 else "aborted", ms, uuid or "-", mac or "-",
+                    resp.matched or "-", extra={"fields": fields})
 
     def version_string(self):
         return self.server_version
@@ -328,8 +357,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # Called by send_response. Our routes log their own line after the body is
         # sent; this logs the answers the stdlib gives itself (400, 414, 431, 501).
         if not self._in_route:
-            log.info('%s "%s" %s', self.address_string(),
-                     _printable(getattr(self, "requestline", "") or "-"), code)
+            line = _printable(getattr(self, "requestline", "") or "-")
+            self.server.metrics.request("other", code, 0)
+            access.info('%s "%s" %s', self.address_string(), line, code,
+                        extra={"fields": {"client": self.address_string(), "request": line,
+                                          "status": int(code) if str(code).isdigit() else code}})
 
     def log_error(self, format, *args):
         log.debug("%s: %s", self.address_string(), format % args)
@@ -360,12 +392,13 @@ class BootServer(http.server.ThreadingHTTPServer):
     request_queue_size = LIMITS["listen_backlog"]
 
     def __init__(self, address, data_store, images_root=None, family=socket.AF_INET,
-                 sock=None):
+                 sock=None, counters=None):
         """Bind `address`, or with `sock` serve an already listening socket (one
-        systemd passed)."""
+        systemd passed). Servers sharing one store share `counters` too."""
         self.address_family = sock.family if sock is not None else family
         self.store = data_store
         self.images_root = images_root
+        self.metrics = counters or metrics.Metrics(__version__)
         self.stopping = False
         self.open_connections = 0
         self.busy = 0
@@ -482,30 +515,106 @@ def resolve_address(host, port):
     return family, sockaddr[:2]
 
 
-def build_parser():
+def build_parser(command="serve"):
+    """The flags of `bootcfg` (serve), `bootcfg check` or `bootcfg explain`."""
     env = os.environ.get
+    about = {
+        "serve": "Network-boot config server: answers iPXE and Pixiecore with the boot "
+                 "config and cloud-config for each machine (by UUID, then MAC, then "
+                 "default) from a data directory. Also: `bootcfg check` validates a "
+                 "data directory, `bootcfg explain` shows what one machine would get.",
+        "check": "Validate a data directory as the server reads it; one line per "
+                 "finding (path:line:col: error|warning: message). Exit 1 on errors.",
+        "explain": "Show where bootcfg looks for one machine's configs, what it finds, "
+                   "and the exact iPXE script, Pixiecore JSON and cloud-config it "
+                   "would answer.",
+    }[command]
     p = argparse.ArgumentParser(
-        prog="bootcfg", allow_abbrev=False,
-        description="Network-boot config server: answers iPXE and Pixiecore with the "
-                    "boot config and cloud-config for each machine (by UUID, then MAC, "
-                    "then default) from a data directory.",
+        prog="bootcfg" if command == "serve" else "bootcfg " + command,
+        allow_abbrev=False, description=about,
         epilog="Each flag also takes a single dash (-address=0.0.0.0:8080) and can be "
                "set by its BOOTCFG_* environment variable; the flag wins.")
-    p.add_argument("-address", "--address", default=env("BOOTCFG_ADDRESS", "127.0.0.1:8080"),
-                   help="listen address, host:port or [ipv6]:port "
-                        "(BOOTCFG_ADDRESS; default %(default)s)")
+    if command == "serve":
+        p.add_argument("-address", "--address",
+                       default=env("BOOTCFG_ADDRESS", "127.0.0.1:8080"),
+                       help="listen address, host:port or [ipv6]:port "
+                            "(BOOTCFG_ADDRESS; default %(default)s)")
     p.add_argument("-data-path", "--data-path", default=env("BOOTCFG_DATA_PATH", "./data"),
                    help="config directory (BOOTCFG_DATA_PATH; default %(default)s)")
     p.add_argument("-images-path", "--images-path", default=env("BOOTCFG_IMAGES_PATH"),
                    help="directory served under /images/ (BOOTCFG_IMAGES_PATH; default "
                         "./images, and image serving is off if it does not exist)")
-    p.add_argument("-log-level", "--log-level", type=str.lower,
-                   default=env("BOOTCFG_LOG_LEVEL", "info"),
-                   choices=("debug", "info", "warning", "error"),
-                   help="debug, info, warning or error (BOOTCFG_LOG_LEVEL; default info)")
+    if command == "serve":
+        p.add_argument("-log-level", "--log-level", type=str.lower,
+                       default=env("BOOTCFG_LOG_LEVEL", "info"),
+                       choices=("debug", "info", "warning", "error"),
+                       help="debug, info, warning or error (BOOTCFG_LOG_LEVEL; default info)")
+        p.add_argument("-log-format", "--log-format", type=str.lower,
+                       default=env("BOOTCFG_LOG_FORMAT", "text"), choices=("text", "json"),
+                       help="text, or json: one object per line with the request's "
+                            "fields (BOOTCFG_LOG_FORMAT; default text)")
+    if command == "check":
+        p.add_argument("-format", "--format", choices=("text", "json"), default="text",
+                       help="text (default) or json")
+    if command == "explain":
+        p.add_argument("-uuid", "--uuid", default="", help="the machine's SMBIOS UUID")
+        p.add_argument("-mac", "--mac", default="", help="the machine's MAC address")
+        p.add_argument("-platform", "--platform", choices=("efi", "pcbios"),
+                       help="the firmware, as iPXE's ${platform} reports it")
+        p.add_argument("-show", "--show", choices=("ipxe", "pixiecore", "cloud"),
+                       help="print only that answer's body, byte for byte")
     p.add_argument("-version", "--version", action="version",
                    version="bootcfg %s" % __version__)
     return p
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's
+    structured `fields` (access lines: client, method, path, status, bytes, ms,
+    uuid, mac, file; config warnings: file, reason)."""
+
+    def format(self, record):
+        when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        obj = {"time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+               "level": record.levelname.lower(), "logger": record.name,
+               "message": record.getMessage()}
+        obj.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            obj["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def setup_logging(level, fmt):
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def resolve_images(images_path):
+    """The images root, None when serving is off; UsageError when a given path
+    does not exist."""
+    if images_path is None:
+        if os.path.isdir("images"):
+            return os.path.realpath("images")
+        log.info("image serving is off: ./images does not exist (set -images-path)")
+        return None
+    if os.path.isdir(images_path):
+        return os.path.realpath(images_path)
+    raise UsageError("images directory %s does not exist" % images_path)
+
+
+def resolve_data(data_path):
+    data = os.path.abspath(data_path)
+    if not os.path.isdir(data):
+        raise UsageError("data directory %s does not exist (set -data-path or "
+                         "BOOTCFG_DATA_PATH)" % data)
+    return data
 
 
 def make_store(data_path):
@@ -515,25 +624,15 @@ def make_store(data_path):
 def open_servers(args):
     """Check the configuration and bind (or take the sockets systemd passed);
     raises UsageError with a one-line reason."""
-    data = os.path.abspath(args.data_path)
-    if not os.path.isdir(data):
-        raise UsageError("data directory %s does not exist (set -data-path or "
-                         "BOOTCFG_DATA_PATH)" % data)
-    images_root = None
-    if args.images_path is None:
-        if os.path.isdir("images"):
-            images_root = os.path.realpath("images")
-        else:
-            log.info("image serving is off: ./images does not exist (set -images-path)")
-    elif os.path.isdir(args.images_path):
-        images_root = os.path.realpath(args.images_path)
-    else:
-        raise UsageError("images directory %s does not exist" % args.images_path)
+    data = resolve_data(args.data_path)
+    images_root = resolve_images(args.images_path)
     data_store = make_store(data)
     inherited = systemd_integration.listen_sockets()
     if inherited:
         log.info("using %d socket(s) from systemd; -address is not used", len(inherited))
-        return [BootServer(None, data_store, images_root, sock=s) for s in inherited]
+        counters = metrics.Metrics(__version__)
+        return [BootServer(None, data_store, images_root, sock=s, counters=counters)
+                for s in inherited]
     family, address = resolve_address(*parse_address(args.address))
     try:
         return [BootServer(address, data_store, images_root, family)]
@@ -543,9 +642,71 @@ def open_servers(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return serve(argv)
+
+
+def run_check(argv):
+    args = build_parser("check").parse_args(argv)
+    logging.getLogger("bootcfg").disabled = True   # findings are the output
+    logging.getLogger("bootcfg.store").disabled = True
+    try:
+        data = resolve_data(args.data_path)
+        images_root = resolve_images(args.images_path) if args.images_path or \
+            os.path.isdir("images") else None
+    except UsageError as e:
+        print("bootcfg check: %s" % e, file=sys.stderr)
+        return 2
+    findings = check.check(data, images_root)
+    if args.format == "json":
+        sys.stdout.write(check.to_json(findings))
+    else:
+        for f in findings:
+            print(f.text())
+    errors = sum(1 for f in findings if f.severity == "error")
+    print("bootcfg check: %d error(s), %d warning(s)%s" % (
+        errors, len(findings) - errors,
+        "" if images_root else "; image paths not checked (no -images-path)"),
+        file=sys.stderr)
+    return 1 if errors else 0
+
+
+def run_explain(argv):
+    args = build_parser("explain").parse_args(argv)
+    logging.getLogger("bootcfg").disabled = True
+    logging.getLogger("bootcfg.store").disabled = True
+    try:
+        data = resolve_data(args.data_path)
+        images_root = resolve_images(args.images_path) if args.images_path or \
+            os.path.isdir("images") else None
+    except UsageError as e:
+        print("bootcfg explain: %s" % e, file=sys.stderr)
+        return 2
+    fs = make_store(data)
+    host = types.SimpleNamespace(store=fs, images_root=images_root,
+                                 metrics=metrics.Metrics(__version__))
+
+    def make_request(path, query):
+        return Request("GET", path, query, {}, host)
+
+    if args.show:
+        found = explain.answers(dispatch, make_request, args.uuid, args.mac)
+        if args.show not in found:
+            print("bootcfg explain: --show pixiecore needs --mac", file=sys.stderr)
+            return 2
+        resp = found[args.show][1]
+        sys.stdout.buffer.write(resp.body)
+        return 0 if resp.status == 200 else 1
+    sys.stdout.write(explain.report(fs, dispatch, make_request, args.uuid, args.mac,
+                                    args.platform))
+    return 0
+
+
+def serve(argv):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(args.log_level, args.log_format)
     try:
         servers = open_servers(args)
     except UsageError as e:
@@ -574,6 +735,9 @@ def main(argv=None):
         server.stop()
     lifecycle.info("stopped")
     return 0
+
+
+COMMANDS = {"check": run_check, "explain": run_explain}
 
 
 if __name__ == "__main__":

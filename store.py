@@ -128,6 +128,7 @@ class FileStore:
         self._cache = collections.OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
+        self.load_errors_total = 0
 
     def lookup(self, kind, uuid=None, mac=None):
         """Find the config for a machine. `uuid` and `mac` are canonical or None."""
@@ -156,6 +157,13 @@ class FileStore:
             return Lookup(Match(rel, how, value, stale), tuple(trail))
         return Lookup(None, tuple(trail))
 
+    def stats(self):
+        """Counts for /metrics: load errors seen, files served from a last good copy."""
+        with self._lock:
+            stale = sum(1 for e in self._cache.values()
+                        if e.error is not None and e.good is not None)
+        return {"load_errors_total": self.load_errors_total, "stale": stale}
+
     def scan(self, kind, how):
         """The directory index of kind/how: canonical key -> file name, plus the
         file names that were skipped and why (for `check`)."""
@@ -180,7 +188,7 @@ class FileStore:
         deadline = time.monotonic() + self.limits["settle_wait_seconds"]
         while True:
             try:
-                data, st = _read_stable(path, self.limits["max_file_bytes"])
+                data, st = read_whole(path, self.limits["max_file_bytes"])
             except OSError as e:
                 if isinstance(e, FileNotFoundError):
                     raise
@@ -221,12 +229,15 @@ class FileStore:
                 self._cached_bytes -= dropped.size
             if current is not None and current.sig == entry.sig:
                 return  # another thread read the same version and logged it
-        if entry.error is not None and entry.good is not None:
-            log.warning("%s: %s; serving its last good version until it is fixed",
-                        full, entry.error)
-        elif entry.error is not None:
-            log.error("%s: %s; machines it matches get 500 until it is fixed",
-                      full, entry.error)
+        if entry.error is not None:
+            self.load_errors_total += 1
+            fields = {"file": full, "reason": str(entry.error)}
+            if entry.good is not None:
+                log.warning("%s: %s; serving its last good version until it is fixed",
+                            full, entry.error, extra={"fields": fields})
+            else:
+                log.warning("%s: %s; machines it matches get 500 until it is fixed",
+                            full, entry.error, extra={"fields": fields})
         elif old is not None and old.error is not None:
             log.info("%s: fixed, serving the new version", full)
         elif old is not None:
@@ -336,7 +347,7 @@ def _signature(st):
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_stable(path, max_bytes):
+def read_whole(path, max_bytes=STORE_LIMITS["max_file_bytes"]):
     """Read a whole file, again if it changed while being read. Raises OSError."""
     for _ in range(20):
         # O_NONBLOCK: a FIFO left in the data directory must not hang the reader.

@@ -2,8 +2,9 @@
 """Lookup cost against fleet size: 10, 10,000 and 100,000 machine files.
 
 Prints, per size: time to build the directory index once, store.lookup cost in
-microseconds (in process), and /ipxe requests/s over one keep-alive connection to
-a real bootcfg process. Not a test: figures depend on the machine.
+microseconds (in process), /ipxe requests/s over one keep-alive connection to
+a real bootcfg process, and how long `bootcfg check` takes over the whole data
+directory. Not a test: figures depend on the machine.
 
     python3 bench/scale.py [--sizes 10,10000,100000] [--seconds 3]
 """
@@ -23,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import bootcfg  # noqa: E402
+import check  # noqa: E402
 
 
 def mac(i):
@@ -95,16 +97,21 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    print("%-10s %14s %18s %16s" % ("machines", "index build", "store.lookup", "HTTP /ipxe"))
+    print("%-10s %14s %18s %16s %28s" % ("machines", "index build", "store.lookup",
+                                          "HTTP /ipxe", "bootcfg check"))
     base = None
     for n in sizes:
         with tempfile.TemporaryDirectory() as root:
             build(root, n)
             index_ms, lookup_us = store_figures(root, n, args.seconds)
             rps = http_figures(root, n, args.seconds)
+            t0 = time.perf_counter()
+            findings = check.check(root)
+            check_s = time.perf_counter() - t0
+            assert not findings, findings[:3]
         base = base or rps
-        print("%-10d %11.1f ms %15.1f us %9.0f req/s (%.2fx of %d)"
-              % (n, index_ms, lookup_us, rps, rps / base, sizes[0]))
+        print("%-10d %11.1f ms %15.1f us %9.0f req/s (%.2fx of %d) %9.2f s"
+              % (n, index_ms, lookup_us, rps, rps / base, sizes[0], check_s))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import types
 import pytest
 
 import bootcfg
+import metrics
 from helpers import MAC1, UUID1
 from render import BootConfig
 from store import LoadError, Lookup, Match
@@ -32,7 +33,8 @@ class FakeStore:
 
 def run(path, outcome="match"):
     target_path, query = bootcfg.split_target(path)
-    server = types.SimpleNamespace(store=FakeStore(outcome), images_root=None)
+    server = types.SimpleNamespace(store=FakeStore(outcome), images_root=None,
+                                   metrics=metrics.Metrics("test"))
     resp = bootcfg.dispatch(bootcfg.Request("GET", target_path, query, {}, server))
     return resp, server.store.asked
 

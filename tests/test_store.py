@@ -241,8 +241,9 @@ def test_never_parsed_is_an_error_not_a_fallback(tmp_path, caplog):
         assert isinstance(found.error, LoadError)
         assert found.error.path == "boot/uuid/" + UUID1
         assert "invalid JSON" in found.error.reason
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [r for r in caplog.records if "get 500" in r.getMessage()]
     assert len(errors) == 1 and UUID1 in errors[0].getMessage()
+    assert errors[0].levelno == logging.WARNING
     assert [st.state for st in found.trail] == ["invalid"]
 
 

@@ -1,0 +1,135 @@
+"""`bootcfg check`: validate a data directory before it is rolled out.
+
+It reads every file with the same store and parser the server uses, and reports
+what the server would refuse plus mistakes the server cannot see at run time:
+two files for one machine, file names that are no MAC/UUID, kernels and initrds
+missing from the images directory, cloud-configs that are not cloud-configs, and
+`{{` that Pixiecore's template would trip on.
+"""
+
+import json
+import os
+from typing import NamedTuple, Optional
+
+import images
+import render
+import store
+
+KNOWN = {"uuid", "mac", "default"}
+
+
+class Finding(NamedTuple):
+    path: str
+    line: Optional[int]
+    col: Optional[int]
+    severity: str        # "error" or "warning"
+    message: str
+
+    def text(self):
+        where = self.path
+        if self.line is not None:
+            where += ":%d" % self.line
+            if self.col is not None:
+                where += ":%d" % self.col
+        return "%s: %s: %s" % (where, self.severity, self.message)
+
+
+def check(data_root, images_root=None):
+    """All findings for a data directory, sorted by path and position."""
+    found = []
+    fs = store.FileStore(data_root, {"boot": render.parse_boot_config, "cloud": None})
+    for kind in store.KINDS:
+        kind_dir = os.path.join(data_root, kind)
+        if not os.path.isdir(kind_dir):
+            if kind == "boot":
+                found.append(Finding(kind_dir, None, None, "warning",
+                                     "no boot/ directory: every machine gets 404"))
+            continue
+        for entry in sorted(os.listdir(kind_dir)):
+            if entry not in KNOWN and not entry.startswith("."):
+                found.append(Finding(os.path.join(kind_dir, entry), None, None, "warning",
+                                     "not a place bootcfg looks (only uuid/, mac/ and "
+                                     "default are read)"))
+        default = os.path.join(kind_dir, "default")
+        if os.path.lexists(default):
+            found += check_file(kind, default, images_root)
+        for how in ("uuid", "mac"):
+            how_dir = os.path.join(kind_dir, how)
+            if not os.path.isdir(how_dir):
+                continue
+            keys, skipped = fs.scan(kind, how)
+            for name, why in skipped:
+                found.append(Finding(os.path.join(how_dir, name), None, None, "error",
+                                     "never served: " + why))
+            listed = set(keys.values()) | {n for n, _ in skipped}
+            for name in sorted(os.listdir(how_dir)):
+                path = os.path.join(how_dir, name)
+                if name not in listed and not name.startswith(".") and \
+                        not name.endswith("~") and not os.path.isfile(path):
+                    found.append(Finding(path, None, None, "warning",
+                                         "not a file; never served"))
+            for key in sorted(keys):
+                found += check_file(kind, os.path.join(how_dir, keys[key]), images_root)
+    return sorted(found, key=lambda f: (f.path, f.line or 0, f.col or 0))
+
+
+def check_file(kind, path, images_root):
+    try:
+        data, _ = store.read_whole(path)
+    except OSError as e:
+        return [Finding(path, None, None, "error", "cannot read: %s" % (e.strerror or e))]
+    if kind == "cloud":
+        if not data.startswith((b"#cloud-config", b"#!")):
+            return [Finding(path, 1, 1, "warning",
+                            "starts with neither #cloud-config nor #! (served as is)")]
+        return []
+    try:
+        cfg = render.parse_boot_config(data)
+    except render.ConfigError as e:
+        return [Finding(path, e.line, e.col, "error", str(e))]
+    found = []
+    text = data.decode("utf-8-sig")
+    for where, url in [("kernel", cfg.kernel)] + \
+            [("initrd[%d]" % i, u) for i, u in enumerate(cfg.initrd)]:
+        problem = missing_image(url, images_root)
+        if problem:
+            line, col = position(text, url)
+            found.append(Finding(path, line, col, "error", "%s: %s" % (where, problem)))
+    for arg in cfg.args:
+        if "{{" in arg:
+            line, col = position(text, "{{")
+            found.append(Finding(path, line, col, "warning",
+                                 "argument %r contains '{{', which starts a template action "
+                                 "for Pixiecore; bootcfg escapes it, other tools will not"
+                                 % arg))
+    return found
+
+
+def missing_image(url, images_root):
+    """Why a /images/ URL would not be served, or None (also for other URLs and
+    when there is no images directory to check against)."""
+    if images_root is None or not url.startswith("/images/") or "${" in url:
+        return None
+    rel = url[len("/images/"):].split("?", 1)[0]
+    try:
+        real = images.resolve(images_root, rel)
+    except images.Refused as e:
+        return "%s: %s" % (url, e.message)
+    if not os.path.isfile(real):
+        return "%s does not exist in the images directory %s" % (url, images_root)
+    return None
+
+
+def position(text, needle):
+    """(line, col), 1-based, of the first `needle` in text, or (None, None)."""
+    at = text.find(needle)
+    if at < 0:
+        at = text.find(json.dumps(needle)[1:-1])
+    if at < 0:
+        return None, None
+    line = text.count("\n", 0, at) + 1
+    return line, at - (text.rfind("\n", 0, at) + 1) + 1
+
+
+def to_json(findings):
+    return json.dumps([f._asdict() for f in findings], indent=2) + "\n"

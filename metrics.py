@@ -1,0 +1,86 @@
+"""Counters for /metrics, in Prometheus' text exposition format (version 0.0.4).
+
+Label values come from fixed sets (route names, status codes, match kinds), never
+from request text, so the number of series stays bounded.
+"""
+
+import threading
+import time
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self, version):
+        self._lock = threading.Lock()
+        self.version = version
+        self.started = time.time()
+        self.requests = {}        # (route, status) -> count
+        self.bytes = {}           # route -> bytes of bodies sent
+        self.lookups = {}         # (kind, match) -> count
+
+    def request(self, route, status, sent):
+        with self._lock:
+            key = (route, str(status))
+            self.requests[key] = self.requests.get(key, 0) + 1
+            if sent > 0:
+                self.bytes[route] = self.bytes.get(route, 0) + sent
+
+    def lookup(self, kind, match):
+        """One machine answered: match is uuid, mac, default, none or invalid."""
+        with self._lock:
+            self.lookups[kind, match] = self.lookups.get((kind, match), 0) + 1
+
+    def render(self, open_connections, store_stats):
+        """The exposition text. `store_stats` is FileStore.stats()."""
+        with self._lock:
+            requests = sorted(self.requests.items())
+            sent = sorted(self.bytes.items())
+            lookups = sorted(self.lookups.items())
+        out = []
+        family(out, "bootcfg_build_info", "gauge", "bootcfg version; always 1.",
+               [({"version": self.version}, 1)])
+        family(out, "bootcfg_start_time_seconds", "gauge",
+               "When this bootcfg process started, in Unix time.", [({}, self.started)])
+        family(out, "bootcfg_requests_total", "counter",
+               "HTTP requests answered, by route and status code.",
+               [({"route": r, "status": s}, n) for (r, s), n in requests])
+        family(out, "bootcfg_response_bytes_total", "counter",
+               "Response body bytes sent, by route.",
+               [({"route": r}, n) for r, n in sent])
+        family(out, "bootcfg_machine_lookups_total", "counter",
+               "Machines answered, by config kind (boot, cloud) and what matched "
+               "(uuid, mac, default, none, invalid).",
+               [({"kind": k, "match": m}, n) for (k, m), n in lookups])
+        family(out, "bootcfg_config_load_errors_total", "counter",
+               "Config files found unusable (each change of a file counts once).",
+               [({}, store_stats["load_errors_total"])])
+        family(out, "bootcfg_configs_stale", "gauge",
+               "Config files currently served from their last good version because "
+               "the file on disk is unusable.", [({}, store_stats["stale"])])
+        family(out, "bootcfg_open_connections", "gauge",
+               "Client connections currently open.", [({}, open_connections)])
+        return ("\n".join(out) + "\n").encode("utf-8")
+
+
+def family(out, name, kind, help_text, samples):
+    out.append("# HELP %s %s" % (name, help_text.replace("\\", "\\\\").replace("\n", "\\n")))
+    out.append("# TYPE %s %s" % (name, kind))
+    for labels, value in samples:
+        out.append("%s%s %s" % (name, format_labels(labels), format_value(value)))
+
+
+def format_labels(labels):
+    if not labels:
+        return ""
+    return "{%s}" % ",".join('%s="%s"' % (k, escape(v)) for k, v in sorted(labels.items()))
+
+
+def escape(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_value(value):
+    if isinstance(value, float):
+        return repr(value)
+    return str(int(value))
