@@ -45,9 +45,13 @@ def read_response(sock):
 
 
 def closed_within(sock, seconds):
-    sock.settimeout(seconds)
+    """True when the server closes within `seconds` (any unread body is drained)."""
+    deadline = time.monotonic() + seconds
     try:
-        return sock.recv(1) == b""
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if sock.recv(4096) == b"":
+                return True
     except socket.timeout:
         return False
 

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""bootcfg against nginx serving the identical bytes, same machine, same run.
+
+    python3 bench/versus_nginx.py [--seconds 5] [--skip images,storm]
+
+Needs wrk and nginx (Debian: apt-get install wrk nginx-light). Prints tables:
+config endpoints at 1/10/100 keep-alive connections (requests/s, p99, ratio to
+nginx), a 300 MB image to 8 clients (throughput, server CPU-seconds per GB), a boot
+storm of 2,000 simulated machines 200 at a time, memory, and start-up time of the
+single file. Not a test: the figures depend on the machine and its load.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAC = "52:54:00:12:34:56"
+UUID = "6c3f1e0a-4b7d-4e2a-9c1f-2a5b8d7e9f10"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.01)
+    return False
+
+
+def cpu_seconds(pids):
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def rss_kib(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Bootcfg:
+    def __init__(self, data, images, cmd=None):
+        self.port = free_port()
+        cmd = cmd or [sys.executable, os.path.join(ROOT, "bootcfg.py")]
+        self.proc = subprocess.Popen(cmd + ["-address", "127.0.0.1:%d" % self.port,
+                                            "-data-path", data, "-images-path", images,
+                                            "-log-level", "warning"],
+                                     stderr=subprocess.DEVNULL)
+        assert wait_port(self.port), "bootcfg did not start"
+        self.pids = [self.proc.pid]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Nginx:
+    def __init__(self, root, workdir):
+        self.port = free_port()
+        conf = os.path.join(workdir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""daemon off;
+worker_processes auto;
+pid %(w)s/nginx.pid;
+error_log %(w)s/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type text/plain;
+    client_body_temp_path %(w)s/body;
+    proxy_temp_path %(w)s/proxy;
+    fastcgi_temp_path %(w)s/fastcgi;
+    uwsgi_temp_path %(w)s/uwsgi;
+    scgi_temp_path %(w)s/scgi;
+    server { listen 127.0.0.1:%(p)d; root %(r)s; }
+}
+""" % {"w": workdir, "p": self.port, "r": root})
+        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir],
+                                     stderr=subprocess.DEVNULL)
+        assert wait_port(self.port), "nginx did not start"
+        time.sleep(0.3)
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], stdout=subprocess.PIPE,
+                             text=True).stdout.split()
+        self.pids = [self.proc.pid] + [int(p) for p in out]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def wrk(url, conns, seconds):
+    threads = min(conns, 2)
+    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % seconds,
+                          "--latency", url], stdout=subprocess.PIPE, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    read = re.search(r"([\d.]+)(B|KB|MB|GB) read", out)
+    unit = {"B": 1, "KB": 1024, "MB": 1 << 20, "GB": 1 << 30}[read.group(2)]
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale,
+            "errors": int(errors.group(1)) if errors else 0,
+            "bytes": float(read.group(1)) * unit}
+
+
+def get(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, body
+
+
+def make_data(work, machines):
+    data = os.path.join(work, "data")
+    for d in ("boot/mac", "cloud/mac"):
+        os.makedirs(os.path.join(data, d))
+    cfg = {"kernel": "/images/vmlinuz", "initrd": ["/images/initrd.gz"],
+           "cmdline": {"cloud-config-url": "http://10.0.0.1:8080/cloud?mac=${mac:hexhyp}",
+                       "console": "ttyS0"}}
+    for i in range(machines):
+        mac = "52:54:%02x:%02x:%02x:%02x" % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255, i & 255)
+        with open(os.path.join(data, "boot/mac", mac.replace(":", "-")), "w") as f:
+            json.dump(cfg, f)
+    with open(os.path.join(data, "boot/mac", MAC.replace(":", "-")), "w") as f:
+        json.dump(cfg, f)
+    with open(os.path.join(data, "boot/default"), "w") as f:
+        json.dump(cfg, f)
+    with open(os.path.join(data, "cloud/mac", MAC), "w") as f:
+        f.write("#cloud-config\nhostname: bench\nssh_authorized_keys:\n  - ssh-ed25519 AAAA bench\n")
+    past = time.time() - 60
+    for dirpath, _, files in os.walk(data):
+        for name in files + ["."]:
+            os.utime(os.path.join(dirpath, name), (past, past))
+    return data
+
+
+def config_endpoints(work, seconds, images):
+    paths = {"/ipxe": "/ipxe?uuid=%s&mac=%s" % (UUID, MAC),
+             "/pixiecore": "/pixiecore/v1/boot/" + MAC,
+             "/cloud": "/cloud?mac=" + MAC}
+    rows = []
+    for machines in (10, 10000, 100000) if not os.environ.get("BENCH_QUICK") else (10,):
+        mwork = tempfile.mkdtemp(dir=work)
+        data = make_data(mwork, machines)
+        b = Bootcfg(data, images)
+        static = os.path.join(mwork, "static")
+        os.makedirs(static)
+        for name, path in paths.items():          # nginx gets bootcfg's exact bytes
+            status, body = get(b.port, path)
+            assert status == 200
+            with open(os.path.join(static, name.strip("/")), "wb") as f:
+                f.write(body)
+        n = Nginx(static, mwork)
+        conns_list = (1, 10, 100) if machines == 10 else (10,)
+        for name, path in paths.items():
+            for conns in conns_list:
+                ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
+                ref = wrk("http://127.0.0.1:%d/%s" % (n.port, name.strip("/")), conns, seconds)
+                rows.append((machines, name, conns, ours, ref))
+        b.stop()
+        n.stop()
+    print("\n## Config endpoints (wrk, keep-alive, %ds each)\n" % seconds)
+    print("| machines | endpoint | conns | bootcfg req/s | p99 ms | nginx req/s | p99 ms | ratio |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for machines, name, conns, ours, ref in rows:
+        print("| %d | %s | %d | %.0f | %.2f | %.0f | %.2f | %.2fx |" % (
+            machines, name, conns, ours["rps"], ours["p99_ms"], ref["rps"], ref["p99_ms"],
+            ours["rps"] / ref["rps"]))
+        assert ours["errors"] == 0
+
+
+def image_throughput(work, seconds):
+    images = os.path.join(work, "bigimages")
+    os.makedirs(images, exist_ok=True)
+    big = os.path.join(images, "big.img")
+    with open(big, "wb") as f:
+        f.truncate(300 << 20)          # 300 MB (sparse: page cache, not disk)
+    with open(big, "rb") as f:
+        while f.read(1 << 24):
+            pass
+    data = make_data(tempfile.mkdtemp(dir=work), 10)
+    b = Bootcfg(data, images)
+    n = Nginx(images, tempfile.mkdtemp(dir=work))
+    print("\n## A 300 MB image, 8 parallel clients (wrk, %ds)\n" % seconds)
+    print("| server | MB/s | server CPU-s per GB | ratio |")
+    print("|---|---:|---:|---:|")
+    results = {}
+    for label, server, url in (("bootcfg", b, "http://127.0.0.1:%d/images/big.img" % b.port),
+                               ("nginx", n, "http://127.0.0.1:%d/big.img" % n.port)):
+        cpu0 = cpu_seconds(server.pids)
+        r = wrk(url, 8, seconds)
+        cpu = cpu_seconds(server.pids) - cpu0
+        results[label] = (r["bytes"] / seconds / 1e6, cpu / (r["bytes"] / 1e9))
+    for label in ("bootcfg", "nginx"):
+        mbs, cpu_gb = results[label]
+        print("| %s | %.0f | %.3f | %.2fx |" % (label, mbs, cpu_gb, mbs / results["nginx"][0]))
+    b.stop()
+    n.stop()
+
+
+def boot_storm(work, machines=2000, at_once=200):
+    images = os.path.join(work, "stormimages")
+    os.makedirs(images, exist_ok=True)
+    with open(os.path.join(images, "vmlinuz"), "wb") as f:
+        f.write(os.urandom(256 << 10))
+    with open(os.path.join(images, "initrd.gz"), "wb") as f:
+        f.write(os.urandom(512 << 10))
+    data = make_data(tempfile.mkdtemp(dir=work), machines)
+    b = Bootcfg(data, images)
+    steps = ("boot.ipxe", "ipxe", "kernel", "initrd", "cloud")
+    times = {s: [] for s in steps}
+    errors = []
+    sem = threading.Semaphore(at_once)
+    lock = threading.Lock()
+
+    def machine(i):
+        mac = "52:54:%02x:%02x:%02x:%02x" % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255, i & 255)
+        hyp = mac.replace(":", "-")
+        with sem:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=60)
+                for step, path in (("boot.ipxe", "/boot.ipxe"),
+                                   ("ipxe", "/ipxe?uuid=&mac=%s&arch=x86_64" % hyp),
+                                   ("kernel", "/images/vmlinuz"),
+                                   ("initrd", "/images/initrd.gz"),
+                                   ("cloud", "/cloud?mac=%s" % hyp)):
+                    t0 = time.perf_counter()
+                    c.request("GET", path)
+                    r = c.getresponse()
+                    r.read()
+                    ms = (time.perf_counter() - t0) * 1000
+                    with lock:
+                        times[step].append(ms)
+                        if r.status != 200 and not (step == "cloud" and r.status == 404):
+                            errors.append((step, r.status))
+                c.close()
+            except Exception as e:      # noqa: BLE001 - every failure counts
+                with lock:
+                    errors.append(("connection", repr(e)))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=machine, args=(i,)) for i in range(machines)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = time.perf_counter() - t0
+    b.stop()
+    print("\n## Boot storm: %d machines, %d at a time (boot.ipxe -> ipxe -> 256 KiB kernel"
+          " -> 512 KiB initrd -> cloud)\n" % (machines, at_once))
+    print("errors: %d; total %.1f s" % (len(errors), total))
+    print("\n| step | p50 ms | p99 ms |")
+    print("|---|---:|---:|")
+    for s in steps:
+        q = statistics.quantiles(times[s], n=100)
+        print("| %s | %.1f | %.1f |" % (s, statistics.median(times[s]), q[98]))
+
+
+def memory_and_startup(work):
+    data = make_data(tempfile.mkdtemp(dir=work), 10)
+    b = Bootcfg(data, data)
+    idle = rss_kib(b.proc.pid)
+    socks = []
+    for _ in range(1000):
+        s = socket.create_connection(("127.0.0.1", b.port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    for s in socks:
+        s.recv(4096)
+    time.sleep(0.5)
+    busy = rss_kib(b.proc.pid)
+    for s in socks:
+        s.close()
+    b.stop()
+    single = os.path.join(work, "bootcfg")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "build-single-file"),
+                    "-o", single], check=True, stdout=subprocess.DEVNULL)
+    starts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        s = Bootcfg(data, data, cmd=[single])
+        starts.append((time.perf_counter() - t0) * 1000)
+        s.stop()
+    t0 = time.perf_counter()
+    subprocess.run([single, "--version"], stdout=subprocess.DEVNULL)
+    version_ms = (time.perf_counter() - t0) * 1000
+    print("\n## Memory and start-up\n")
+    print("| figure | value |")
+    print("|---|---:|")
+    print("| RSS idle | %.1f MiB |" % (idle / 1024))
+    print("| RSS with 1,000 open keep-alive connections | %.1f MiB |" % (busy / 1024))
+    print("| single file: start to accepting connections (median of 5) | %.0f ms |"
+          % statistics.median(starts))
+    print("| single file: `--version` | %.0f ms |" % version_ms)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--skip", default="", help="comma list of: config,images,storm,memory")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool):
+            sys.exit("bench: %s is not installed (apt-get install wrk nginx-light)" % tool)
+    os.environ["PATH"] += ":/usr/sbin"
+    skip = set(args.skip.split(","))
+    print("# bootcfg benchmark: %s, %d CPUs, Python %s" % (
+        os.uname().machine, os.cpu_count(), sys.version.split()[0]))
+    with tempfile.TemporaryDirectory() as work:
+        if "config" not in skip:
+            config_endpoints(work, args.seconds, work)
+        if "images" not in skip:
+            image_throughput(work, args.seconds)
+        if "storm" not in skip:
+            boot_storm(work)
+        if "memory" not in skip:
+            memory_and_startup(work)
+
+
+if __name__ == "__main__":
+    main()
