@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -262,6 +263,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # The socket timeout StreamRequestHandler.setup() applies: idle limit.
         return LIMITS["idle_timeout"]
 
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(LIMITS["idle_timeout"])
+            self.request.do_handshake()
+        super().setup()
+
     def do_GET(self):
         self._serve(send_body=True)
 
@@ -278,8 +285,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         sent = self._send(resp, send_body=True)
         self._log_access(resp, sent, started)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = \
-        _refuse_method
+    def __getattr__(self, name):
+        # handle_one_request looks up do_<METHOD>; every method but GET and HEAD,
+        # known or invented, gets 405 with Allow rather than the stdlib's 501.
+        if name.startswith("do_"):
+            return self._refuse_method
+        raise AttributeError(name)
 
     def _serve(self, send_body):
         self._in_route = True
@@ -392,9 +403,12 @@ class BootServer(http.server.ThreadingHTTPServer):
     request_queue_size = LIMITS["listen_backlog"]
 
     def __init__(self, address, data_store, images_root=None, family=socket.AF_INET,
-                 sock=None, counters=None):
+                 sock=None, counters=None, tls=None):
         """Bind `address`, or with `sock` serve an already listening socket (one
-        systemd passed). Servers sharing one store share `counters` too."""
+        systemd passed). Servers sharing one store share `counters` too. With `tls`
+        (an ssl.SSLContext) every connection is HTTPS; the handshake runs in the
+        connection's own thread, so a slow client cannot stall accept()."""
+        self.tls = tls
         self.address_family = sock.family if sock is not None else family
         self.store = data_store
         self.images_root = images_root
@@ -417,6 +431,13 @@ class BootServer(http.server.ThreadingHTTPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self):
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        return sock, address
 
     def process_request(self, request, client_address):
         with self._count_lock:
@@ -466,7 +487,9 @@ class BootServer(http.server.ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         e = sys.exc_info()[1]
-        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+        if isinstance(e, ssl.SSLError):
+            log.info("%s: TLS failed: %s", client_address[0], e.reason or e)
+        elif isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
             log.info("%s went away: %s", client_address[0], e.__class__.__name__)
         else:
             log.exception("internal error serving %s", client_address[0])
@@ -545,6 +568,14 @@ def build_parser(command="serve"):
                    help="directory served under /images/ (BOOTCFG_IMAGES_PATH; default "
                         "./images, and image serving is off if it does not exist)")
     if command == "serve":
+        p.add_argument("-cert-file", "--cert-file", default=env("BOOTCFG_CERT_FILE"),
+                       help="TLS certificate chain (PEM) to serve HTTPS "
+                            "(BOOTCFG_CERT_FILE)")
+        p.add_argument("-key-file", "--key-file", default=env("BOOTCFG_KEY_FILE"),
+                       help="TLS private key (PEM) (BOOTCFG_KEY_FILE)")
+        p.add_argument("-tls-address", "--tls-address", default=env("BOOTCFG_TLS_ADDRESS"),
+                       help="serve HTTPS here and plain HTTP on -address; without it, "
+                            "-address serves HTTPS only (BOOTCFG_TLS_ADDRESS)")
         p.add_argument("-log-level", "--log-level", type=str.lower,
                        default=env("BOOTCFG_LOG_LEVEL", "info"),
                        choices=("debug", "info", "warning", "error"),
@@ -626,19 +657,45 @@ def open_servers(args):
     raises UsageError with a one-line reason."""
     data = resolve_data(args.data_path)
     images_root = resolve_images(args.images_path)
+    tls = tls_context(args.cert_file, args.key_file)
+    plain_tls = tls if tls is not None and not args.tls_address else None
     data_store = make_store(data)
+    counters = metrics.Metrics(__version__)
     inherited = systemd_integration.listen_sockets()
     if inherited:
         log.info("using %d socket(s) from systemd; -address is not used", len(inherited))
-        counters = metrics.Metrics(__version__)
-        return [BootServer(None, data_store, images_root, sock=s, counters=counters)
-                for s in inherited]
-    family, address = resolve_address(*parse_address(args.address))
+        servers = [BootServer(None, data_store, images_root, sock=s, counters=counters,
+                              tls=plain_tls) for s in inherited]
+    else:
+        servers = [bind(args.address, data_store, images_root, counters, plain_tls)]
+    if tls is not None and args.tls_address:
+        servers.append(bind(args.tls_address, data_store, images_root, counters, tls))
+    return servers
+
+
+def bind(text, data_store, images_root, counters, tls):
+    family, address = resolve_address(*parse_address(text))
     try:
-        return [BootServer(address, data_store, images_root, family)]
+        return BootServer(address, data_store, images_root, family, counters=counters,
+                          tls=tls)
     except OSError as e:
-        raise UsageError("cannot listen on %s: %s" % (args.address, e.strerror or e)) \
-            from None
+        raise UsageError("cannot listen on %s: %s" % (text, e.strerror or e)) from None
+
+
+def tls_context(cert_file, key_file):
+    """An HTTPS server context (TLS 1.2 or newer), or None without a certificate."""
+    if not cert_file and not key_file:
+        return None
+    if not cert_file or not key_file:
+        raise UsageError("HTTPS needs both -cert-file and -key-file")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError("cannot load certificate %s / key %s: %s"
+                         % (cert_file, key_file, getattr(e, "strerror", None) or e)) from None
+    return ctx
 
 
 def main(argv=None):
@@ -714,8 +771,9 @@ def serve(argv):
         return 2
     for server in servers:
         host, port = server.server_address[:2]
-        lifecycle.info("bootcfg %s listening on http://%s:%d/ data=%s images=%s",
-                       __version__, "[%s]" % host if ":" in host else host, port,
+        lifecycle.info("bootcfg %s listening on %s://%s:%d/ data=%s images=%s",
+                       __version__, "https" if server.tls else "http",
+                       "[%s]" % host if ":" in host else host, port,
                        server.store.root, server.images_root or "off")
 
     def on_signal(signum, frame):

@@ -41,6 +41,10 @@ STORE_LIMITS = {
     # so it is rescanned, at most every `rescan_seconds`, until it is older.
     "racy_seconds": 1.0,
     "rescan_seconds": 0.2,
+    # After reading a changed file, look at its size and times once more this much
+    # later: truncation updates the size before the mtime (seen on ext4), and a
+    # read in between would take an empty file for a settled one.
+    "recheck_seconds": 0.002,
     # Config files are small; refusing big ones protects memory from an image
     # copied into the wrong directory.
     "max_file_bytes": 4 << 20,
@@ -188,7 +192,8 @@ class FileStore:
         deadline = time.monotonic() + self.limits["settle_wait_seconds"]
         while True:
             try:
-                data, st = read_whole(path, self.limits["max_file_bytes"])
+                data, st = read_whole(path, self.limits["max_file_bytes"],
+                                      self.limits["recheck_seconds"])
             except OSError as e:
                 if isinstance(e, FileNotFoundError):
                     raise
@@ -347,8 +352,9 @@ def _signature(st):
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def read_whole(path, max_bytes=STORE_LIMITS["max_file_bytes"]):
-    """Read a whole file, again if it changed while being read. Raises OSError."""
+def read_whole(path, max_bytes=STORE_LIMITS["max_file_bytes"], recheck=0.0):
+    """Read a whole file, again if it changed while being read or within `recheck`
+    seconds after. Raises OSError."""
     for _ in range(20):
         # O_NONBLOCK: a FIFO left in the data directory must not hang the reader.
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
@@ -359,7 +365,15 @@ def read_whole(path, max_bytes=STORE_LIMITS["max_file_bytes"]):
                 raise OSError(errno.EFBIG, "larger than %d bytes" % max_bytes)
             data = f.read(max_bytes + 1)
             after = os.fstat(f.fileno())
-        if _signature(before) == _signature(after) and len(data) == after.st_size:
+            if recheck:
+                # A truncating open() changes the size before the mtime; a stat in
+                # between sees an empty file with its old time. Look once more.
+                time.sleep(recheck)
+                later = os.fstat(f.fileno())
+            else:
+                later = after
+        if _signature(before) == _signature(after) == _signature(later) and \
+                len(data) == after.st_size:
             return data, after
         time.sleep(0.01)
     raise OSError(errno.EAGAIN, "kept changing while being read")

@@ -86,11 +86,16 @@ class ServerProcess:
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        m = self.wait_log(r"listening on http://(\S+?):(\d+)/", timeout=10)
+        m = self.wait_log(r"listening on (https?)://(\S+?):(\d+)/", timeout=10)
         if m is None:
             self.stop()
             raise RuntimeError("bootcfg did not start:\n" + self.log())
-        self.host, self.port = m.group(1).strip("[]"), int(m.group(2))
+        self.scheme, self.host, self.port = m.group(1), m.group(2).strip("[]"), int(m.group(3))
+
+    def listening(self):
+        """[(scheme, port)] of every listening line so far."""
+        return [(m.group(1), int(m.group(2))) for m in
+                re.finditer(r"listening on (https?)://\S+?:(\d+)/", self.log())]
 
     def _read(self):
         for line in self.proc.stderr:

@@ -146,7 +146,7 @@ def test_keep_alive_many_requests_one_connection(server):
     conn.close()
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"])
 def test_other_methods_405(server, method):
     status, headers, body = server.get("/ipxe", method=method)
     assert status == 405 and headers["allow"] == "GET, HEAD"
@@ -194,7 +194,7 @@ def raw_request(server, data, timeout=5):
     (b"\x16\x03\x01\x02\x00\x01\r\n\r\n", b"400"),           # a TLS hello
     (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
     (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", b"431"),
-    (b"BREW / HTTP/1.1\r\n\r\n", b"501"),
+    (b"BREW / HTTP/1.1\r\n\r\n", b"405"),
     (b"GET * HTTP/1.1\r\n\r\n", b"400"),
 ])
 def test_malformed_requests_keep_server_alive(server, data, status):
