@@ -576,6 +576,11 @@ def build_parser(command="serve"):
         p.add_argument("-tls-address", "--tls-address", default=env("BOOTCFG_TLS_ADDRESS"),
                        help="serve HTTPS here and plain HTTP on -address; without it, "
                             "-address serves HTTPS only (BOOTCFG_TLS_ADDRESS)")
+        p.add_argument("-workers", "--workers", type=int,
+                       default=int(env("BOOTCFG_WORKERS", "1")),
+                       help="processes serving the same sockets; one per CPU core "
+                            "multiplies throughput under load (BOOTCFG_WORKERS; "
+                            "default %(default)s)")
         p.add_argument("-log-level", "--log-level", type=str.lower,
                        default=env("BOOTCFG_LOG_LEVEL", "info"),
                        choices=("debug", "info", "warning", "error"),
@@ -764,6 +769,9 @@ def run_explain(argv):
 def serve(argv):
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    if args.workers < 1:
+        print("bootcfg: -workers must be 1 or more", file=sys.stderr)
+        return 2
     try:
         servers = open_servers(args)
     except UsageError as e:
@@ -775,11 +783,51 @@ def serve(argv):
                        __version__, "https" if server.tls else "http",
                        "[%s]" % host if ":" in host else host, port,
                        server.store.root, server.images_root or "off")
+    children = start_workers(servers, args.workers - 1)
+    if children is None:                      # this process is a worker
+        run(servers, [], worker=True)
+        os._exit(0)
+    if children:
+        lifecycle.info("%d worker processes share the listening sockets", args.workers)
+    systemd_integration.notify("READY=1\nSTATUS=serving %s" % servers[0].store.root)
+    run(servers, children)
+    lifecycle.info("stopped")
+    return 0
 
-    def on_signal(signum, frame):
-        lifecycle.info("%s: stopping", signal.Signals(signum).name)
-        systemd_integration.notify("STOPPING=1")
+
+def start_workers(servers, count):
+    """Fork `count` more processes serving the same listening sockets (Python
+    threads share one GIL; processes do not). Returns the children's pids in the
+    parent and None in a child."""
+    if count:
         for server in servers:
+            # Every process polls the sockets; the losers of a race to accept()
+            # get EAGAIN, which socketserver ignores, instead of blocking.
+            server.socket.setblocking(False)
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            os.environ.pop("NOTIFY_SOCKET", None)
+            return None
+        children.append(pid)
+    return children
+
+
+def run(servers, children, worker=False):
+    """Serve until SIGTERM/SIGINT, pass the signal on to worker processes, let
+    in-flight requests finish, and wait for the workers."""
+    def on_signal(signum, frame):
+        if not worker:
+            lifecycle.info("%s: stopping", signal.Signals(signum).name)
+            systemd_integration.notify("STOPPING=1")
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for server in servers:
+            server.stopping = True
             threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -787,12 +835,13 @@ def serve(argv):
     for server in servers[1:]:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                          daemon=True).start()
-    systemd_integration.notify("READY=1\nSTATUS=serving %s" % servers[0].store.root)
     servers[0].serve_forever(poll_interval=0.2)
     for server in servers:
         server.stop()
-    lifecycle.info("stopped")
-    return 0
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            log.warning("worker %d exited with status %d", pid, status)
 
 
 COMMANDS = {"check": run_check, "explain": run_explain}

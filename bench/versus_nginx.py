@@ -68,15 +68,19 @@ def rss_kib(pid):
 
 
 class Bootcfg:
-    def __init__(self, data, images, cmd=None):
+    def __init__(self, data, images, cmd=None, workers=1):
         self.port = free_port()
         cmd = cmd or [sys.executable, os.path.join(ROOT, "bootcfg.py")]
         self.proc = subprocess.Popen(cmd + ["-address", "127.0.0.1:%d" % self.port,
                                             "-data-path", data, "-images-path", images,
-                                            "-log-level", "warning"],
+                                            "-log-level", "warning",
+                                            "-workers", str(workers)],
                                      stderr=subprocess.DEVNULL)
         assert wait_port(self.port), "bootcfg did not start"
-        self.pids = [self.proc.pid]
+        time.sleep(0.2)
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], stdout=subprocess.PIPE,
+                             text=True).stdout.split()
+        self.pids = [self.proc.pid] + [int(p) for p in out]
 
     def stop(self):
         self.proc.terminate()
@@ -88,7 +92,7 @@ class Nginx:
         self.port = free_port()
         conf = os.path.join(workdir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write("""daemon off;
+            f.write(("user root root;\n" if os.geteuid() == 0 else "") + """daemon off;
 worker_processes auto;
 pid %(w)s/nginx.pid;
 error_log %(w)s/error.log;
@@ -168,7 +172,7 @@ def make_data(work, machines):
     return data
 
 
-def config_endpoints(work, seconds, images):
+def config_endpoints(work, seconds, images, workers):
     paths = {"/ipxe": "/ipxe?uuid=%s&mac=%s" % (UUID, MAC),
              "/pixiecore": "/pixiecore/v1/boot/" + MAC,
              "/cloud": "/cloud?mac=" + MAC}
@@ -176,31 +180,40 @@ def config_endpoints(work, seconds, images):
     for machines in (10, 10000, 100000) if not os.environ.get("BENCH_QUICK") else (10,):
         mwork = tempfile.mkdtemp(dir=work)
         data = make_data(mwork, machines)
-        b = Bootcfg(data, images)
         static = os.path.join(mwork, "static")
         os.makedirs(static)
+        b = Bootcfg(data, images)
         for name, path in paths.items():          # nginx gets bootcfg's exact bytes
             status, body = get(b.port, path)
             assert status == 200
             with open(os.path.join(static, name.strip("/")), "wb") as f:
                 f.write(body)
         n = Nginx(static, mwork)
-        conns_list = (1, 10, 100) if machines == 10 else (10,)
-        for name, path in paths.items():
-            for conns in conns_list:
-                ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
-                ref = wrk("http://127.0.0.1:%d/%s" % (n.port, name.strip("/")), conns, seconds)
-                rows.append((machines, name, conns, ours, ref))
+        for name, path in paths.items():          # and really serves them
+            assert get(n.port, "/" + name.strip("/")) == get(b.port, path), name
+        for w in ((1, workers) if machines == 10 else (workers,)):
+            if w != 1:
+                b.stop()
+                b = Bootcfg(data, images, workers=w)
+            conns_list = (1, 10, 100) if machines == 10 else (10,)
+            for name, path in paths.items():
+                for conns in conns_list:
+                    ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
+                    ref = wrk("http://127.0.0.1:%d/%s" % (n.port, name.strip("/")), conns,
+                              seconds)
+                    rows.append((machines, w, name, conns, ours, ref))
         b.stop()
         n.stop()
-    print("\n## Config endpoints (wrk, keep-alive, %ds each)\n" % seconds)
-    print("| machines | endpoint | conns | bootcfg req/s | p99 ms | nginx req/s | p99 ms | ratio |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for machines, name, conns, ours, ref in rows:
-        print("| %d | %s | %d | %.0f | %.2f | %.0f | %.2f | %.2fx |" % (
-            machines, name, conns, ours["rps"], ours["p99_ms"], ref["rps"], ref["p99_ms"],
-            ours["rps"] / ref["rps"]))
-        assert ours["errors"] == 0
+    print("\n## Config endpoints (wrk, keep-alive, %ds each; nginx with %d workers)\n"
+          % (seconds, os.cpu_count()))
+    print("| machines | bootcfg -workers | endpoint | conns | bootcfg req/s | p99 ms "
+          "| nginx req/s | p99 ms | ratio |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for machines, w, name, conns, ours, ref in rows:
+        print("| %d | %d | %s | %d | %.0f | %.2f | %.0f | %.2f | %.2fx |" % (
+            machines, w, name, conns, ours["rps"], ours["p99_ms"], ref["rps"],
+            ref["p99_ms"], ours["rps"] / ref["rps"]))
+        assert ours["errors"] == 0 and ref["errors"] == 0
 
 
 def image_throughput(work, seconds):
@@ -215,6 +228,10 @@ def image_throughput(work, seconds):
     data = make_data(tempfile.mkdtemp(dir=work), 10)
     b = Bootcfg(data, images)
     n = Nginx(images, tempfile.mkdtemp(dir=work))
+    c = http.client.HTTPConnection("127.0.0.1", n.port)
+    c.request("GET", "/big.img", headers={"Range": "bytes=0-9"})
+    assert c.getresponse().status == 206, "nginx cannot read the image"
+    c.close()
     print("\n## A 300 MB image, 8 parallel clients (wrk, %ds)\n" % seconds)
     print("| server | MB/s | server CPU-s per GB | ratio |")
     print("|---|---:|---:|---:|")
@@ -223,6 +240,7 @@ def image_throughput(work, seconds):
                                ("nginx", n, "http://127.0.0.1:%d/big.img" % n.port)):
         cpu0 = cpu_seconds(server.pids)
         r = wrk(url, 8, seconds)
+        assert r["errors"] == 0, label
         cpu = cpu_seconds(server.pids) - cpu0
         results[label] = (r["bytes"] / seconds / 1e6, cpu / (r["bytes"] / 1e9))
     for label in ("bootcfg", "nginx"):
@@ -232,7 +250,7 @@ def image_throughput(work, seconds):
     n.stop()
 
 
-def boot_storm(work, machines=2000, at_once=200):
+def boot_storm(work, workers, machines=2000, at_once=200):
     images = os.path.join(work, "stormimages")
     os.makedirs(images, exist_ok=True)
     with open(os.path.join(images, "vmlinuz"), "wb") as f:
@@ -240,7 +258,7 @@ def boot_storm(work, machines=2000, at_once=200):
     with open(os.path.join(images, "initrd.gz"), "wb") as f:
         f.write(os.urandom(512 << 10))
     data = make_data(tempfile.mkdtemp(dir=work), machines)
-    b = Bootcfg(data, images)
+    b = Bootcfg(data, images, workers=workers)
     steps = ("boot.ipxe", "ipxe", "kernel", "initrd", "cloud")
     times = {s: [] for s in steps}
     errors = []
@@ -280,8 +298,8 @@ def boot_storm(work, machines=2000, at_once=200):
         t.join()
     total = time.perf_counter() - t0
     b.stop()
-    print("\n## Boot storm: %d machines, %d at a time (boot.ipxe -> ipxe -> 256 KiB kernel"
-          " -> 512 KiB initrd -> cloud)\n" % (machines, at_once))
+    print("\n## Boot storm: %d machines, %d at a time, bootcfg -workers %d (boot.ipxe ->"
+          " ipxe -> 256 KiB kernel -> 512 KiB initrd -> cloud)\n" % (machines, at_once, workers))
     print("errors: %d; total %.1f s" % (len(errors), total))
     print("\n| step | p50 ms | p99 ms |")
     print("|---|---:|---:|")
@@ -332,6 +350,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--skip", default="", help="comma list of: config,images,storm,memory")
+    ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
+                    help="bootcfg -workers for the multi-process rows (default 2 per CPU)")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool):
@@ -342,11 +362,11 @@ def main():
         os.uname().machine, os.cpu_count(), sys.version.split()[0]))
     with tempfile.TemporaryDirectory() as work:
         if "config" not in skip:
-            config_endpoints(work, args.seconds, work)
+            config_endpoints(work, args.seconds, work, args.workers)
         if "images" not in skip:
             image_throughput(work, args.seconds)
         if "storm" not in skip:
-            boot_storm(work)
+            boot_storm(work, args.workers)
         if "memory" not in skip:
             memory_and_startup(work)
 

@@ -145,3 +145,38 @@ def test_signals_stop_cleanly(start_server, data_dir, sig):
     assert s.stop(sig, timeout=5) == 0
     assert "Traceback" not in s.log() and "KeyboardInterrupt" not in s.log()
     assert s.wait_log(r"stopped", timeout=1)
+
+
+def children_of(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], stdout=subprocess.PIPE, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_workers_share_the_port_and_stop_together(start_server, data_dir):
+    from helpers import boot_json, write
+    s = start_server("-data-path", str(data_dir), "-workers", "3")
+    assert s.wait_log("3 worker processes")
+    kids = children_of(s.proc.pid)
+    assert len(kids) == 2
+    for _ in range(60):                      # new connections land on every process
+        status, _, body = s.get("/ipxe?mac=" + "52:54:00:89:d8:10")
+        assert status == 200 and b"tag=mac1" in body
+    write(str(data_dir / "boot/mac/52-54-00-89-D8-10"), boot_json(tag="edited"))
+    import time
+    deadline = time.monotonic() + 2
+    while True:                              # every worker's store sees the edit
+        bodies = {s.get("/ipxe?mac=52:54:00:89:d8:10")[2] for _ in range(30)}
+        if all(b"tag=edited" in b for b in bodies):
+            break
+        assert time.monotonic() < deadline, bodies
+        time.sleep(0.05)
+    assert s.stop(signal.SIGTERM) == 0       # SIGTERM to the parent stops them all
+    for pid in kids:
+        assert not os.path.exists("/proc/%d" % pid) or \
+            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+    assert s.log().count("stopping") == 1 and "Traceback" not in s.log()
+
+
+def test_workers_must_be_positive(data_dir):
+    out = run("-data-path", str(data_dir), "-workers", "0")
+    assert out.returncode == 2 and "-workers must be 1 or more" in out.stderr
