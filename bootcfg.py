@@ -12,6 +12,7 @@ systemd socket activation and readiness are systemd_integration.py.
 
 import argparse
 import datetime
+import functools
 import json
 import http.server
 import logging
@@ -61,6 +62,12 @@ LIMITS = {
 }
 
 IDENTITY = ("bootcfg %s\n" % __version__).encode()
+_DATE_CACHE = [0, ""]
+
+# Rendering is pure, so a config renders once until it changes (a changed file
+# parses to a new BootConfig, which is a new key).
+render_ipxe = functools.lru_cache(maxsize=4096)(render.render_ipxe)
+render_pixiecore = functools.lru_cache(maxsize=4096)(render.render_pixiecore)
 
 
 class HTTPError(Exception):
@@ -105,7 +112,7 @@ def handle_chainload(req):
 def handle_ipxe(req):
     uuid, mac = machine_from_query(req.query)
     match = _lookup(req, "boot", uuid, mac)
-    return Response(body=render.render_ipxe(match.value), matched=match.path,
+    return Response(body=render_ipxe(match.value), matched=match.path,
                     machine=_machine(uuid, mac))
 
 
@@ -124,7 +131,7 @@ def handle_pixiecore(req):
     if mac is None:
         raise HTTPError(400, "placeholder MAC %s names no machine" % raw)
     match = _lookup(req, "boot", None, mac)
-    return Response(body=render.render_pixiecore(match.value),
+    return Response(body=render_pixiecore(match.value),
                     content_type="application/json", matched=match.path,
                     machine=_machine(None, mac))
 
@@ -256,6 +263,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     error_message_format = "%(code)d %(message)s\n"
     error_content_type = "text/plain; charset=utf-8"
     disable_nagle_algorithm = True
+    # Buffer the response so headers and a small body go out in one send(); _send
+    # flushes after each answer (and before sendfile).
+    wbufsize = 64 * 1024
     _in_route = False
 
     @property
@@ -329,10 +339,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if send_body and resp.status != 304:
                 if resp.file is not None:
                     f, offset, count = resp.file
+                    self.wfile.flush()          # headers first, then the file
                     sent = self.connection.sendfile(f, offset, count) if count else 0
                 else:
                     self.wfile.write(resp.body)
                     sent = len(resp.body)
+            self.wfile.flush()   # headers and body leave in one write
         except (ConnectionError, TimeoutError, socket.timeout) as e:
             self.close_connection = True
             log.info("%s went away during %s %s: %s", self.address_string(),
@@ -360,6 +372,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def version_string(self):
         return self.server_version
+
+    def date_time_string(self, timestamp=None):
+        # The Date header changes once a second; format it once a second.
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        cached = _DATE_CACHE
+        if cached[0] != now:
+            cached[:] = [now, super().date_time_string(now)]
+        return cached[1]
 
     def address_string(self):
         return self.client_address[0]
