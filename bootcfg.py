@@ -728,21 +728,28 @@ def tls_context(cert_file, key_file):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
+        try:
+            return COMMANDS[argv[0]](argv[1:])
+        except UsageError as e:
+            print("bootcfg %s: %s" % (argv[0], e), file=sys.stderr)
+            return 2
     return serve(argv)
 
 
-def run_check(argv):
-    args = build_parser("check").parse_args(argv)
-    logging.getLogger("bootcfg").disabled = True   # findings are the output
+def tool_setup(command, argv):
+    """(args, data root, images root or None) for `bootcfg check|explain`; their
+    output is the answer, so the server's log lines are silenced."""
+    args = build_parser(command).parse_args(argv)
+    logging.getLogger("bootcfg").disabled = True
     logging.getLogger("bootcfg.store").disabled = True
-    try:
-        data = resolve_data(args.data_path)
-        images_root = resolve_images(args.images_path) if args.images_path or \
-            os.path.isdir("images") else None
-    except UsageError as e:
-        print("bootcfg check: %s" % e, file=sys.stderr)
-        return 2
+    data = resolve_data(args.data_path)
+    images_root = resolve_images(args.images_path) if args.images_path or \
+        os.path.isdir("images") else None
+    return args, data, images_root
+
+
+def run_check(argv):
+    args, data, images_root = tool_setup("check", argv)
     findings = check.check(data, images_root)
     if args.format == "json":
         sys.stdout.write(check.to_json(findings))
@@ -758,16 +765,7 @@ def run_check(argv):
 
 
 def run_explain(argv):
-    args = build_parser("explain").parse_args(argv)
-    logging.getLogger("bootcfg").disabled = True
-    logging.getLogger("bootcfg.store").disabled = True
-    try:
-        data = resolve_data(args.data_path)
-        images_root = resolve_images(args.images_path) if args.images_path or \
-            os.path.isdir("images") else None
-    except UsageError as e:
-        print("bootcfg explain: %s" % e, file=sys.stderr)
-        return 2
+    args, data, images_root = tool_setup("explain", argv)
     fs = make_store(data)
     host = types.SimpleNamespace(store=fs, images_root=images_root,
                                  metrics=metrics.Metrics(__version__))

@@ -60,6 +60,13 @@ def cpu_seconds(pids):
     return total
 
 
+def with_children(pid):
+    """pid and its child processes (workers), once they have had time to start."""
+    time.sleep(0.3)
+    out = subprocess.run(["pgrep", "-P", str(pid)], stdout=subprocess.PIPE, text=True)
+    return [pid] + [int(p) for p in out.stdout.split()]
+
+
 def rss_kib(pid):
     for line in open("/proc/%d/status" % pid):
         if line.startswith("VmRSS:"):
@@ -79,10 +86,7 @@ class Bootcfg:
                                      stderr=subprocess.DEVNULL)
         assert wait_port(self.port), "bootcfg did not start"
         self.start_ms = (time.perf_counter() - t0) * 1000
-        time.sleep(0.2)
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], stdout=subprocess.PIPE,
-                             text=True).stdout.split()
-        self.pids = [self.proc.pid] + [int(p) for p in out]
+        self.pids = with_children(self.proc.pid)
 
     def stop(self):
         self.proc.terminate()
@@ -116,10 +120,7 @@ http {
         self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir],
                                      stderr=subprocess.DEVNULL)
         assert wait_port(self.port), "nginx did not start"
-        time.sleep(0.3)
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], stdout=subprocess.PIPE,
-                             text=True).stdout.split()
-        self.pids = [self.proc.pid] + [int(p) for p in out]
+        self.pids = with_children(self.proc.pid)
 
     def stop(self):
         self.proc.terminate()

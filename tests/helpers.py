@@ -152,3 +152,24 @@ def request(conn, path, method="GET", headers=None):
     resp = conn.getresponse()
     body = resp.read()
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def raw_request(server, data, timeout=5):
+    """Send raw bytes on a new connection; everything read until the server
+    closes it or `timeout` passes."""
+    import socket
+    s = socket.create_connection((server.host, server.port), timeout=timeout)
+    try:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        s.close()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import MAC1, UUID1, boot_json, request, write, write_atomic
+from helpers import MAC1, UUID1, boot_json, raw_request, request, write, write_atomic
 
 
 @pytest.fixture
@@ -168,24 +168,6 @@ def test_no_html_anywhere(server):
         assert b"<" not in body and headers["content-type"].startswith("text/plain")
     raw = raw_request(server, b"GARBAGE\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400") and b"<html" not in raw.lower()
-
-
-def raw_request(server, data, timeout=5):
-    s = socket.create_connection((server.host, server.port), timeout=timeout)
-    try:
-        s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        s.close()
 
 
 @pytest.mark.parametrize("data, status", [

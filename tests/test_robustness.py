@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import render
-from helpers import boot_json, write
+from helpers import boot_json, raw_request as raw, write
 
 SECRET = b"TOP-SECRET-MARKER-7f3a9c"
 
@@ -38,24 +38,6 @@ def hostile(tmp_path, start_server):
     server = start_server("-data-path", str(data), "-images-path", str(images))
     server.data, server.images, server.srv = data, images, srv
     return server
-
-
-def raw(server, request, timeout=5):
-    s = socket.create_connection((server.host, server.port), timeout=timeout)
-    try:
-        s.sendall(request)
-        chunks = []
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (socket.timeout, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        s.close()
 
 
 def get_raw(server, target):

@@ -97,6 +97,15 @@ def pythons():
     return found
 
 
+def listening_port(proc):
+    """The port from bootcfg's "listening on" line on proc's stderr, or None."""
+    for line in proc.stderr:
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+        if m:
+            return int(m.group(1))
+    return None
+
+
 @pytest.mark.parametrize("which", ["oldest", "newest"])
 def test_single_file_on_python_floor_and_newest(single_file, data_dir, which):
     found = pythons()
@@ -109,12 +118,7 @@ def test_single_file_on_python_floor_and_newest(single_file, data_dir, which):
     proc = subprocess.Popen([exe, single_file, "-address", "127.0.0.1:0", "-data-path",
                              str(data_dir)], stderr=subprocess.PIPE, text=True)
     try:
-        port = None
-        for line in proc.stderr:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                port = int(m.group(1))
-                break
+        port = listening_port(proc)
         assert port, "did not start under %s" % exe
         import http.client
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -232,12 +236,7 @@ def test_ready_and_stopping_notifications(data_dir, tmp_path):
         first = sock.recv(4096).decode()
         assert first.split("\n")[0] == "READY=1"
         # READY is only sent once the port accepts connections
-        port = None
-        for line in proc.stderr:
-            m = re.search(r":(\d+)/ data=", line)
-            if m:
-                port = int(m.group(1))
-                break
+        port = listening_port(proc)
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
         proc.send_signal(signal.SIGTERM)
         assert sock.recv(4096).decode() == "STOPPING=1"

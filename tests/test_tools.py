@@ -247,3 +247,12 @@ def test_metrics_parse_and_move(start_server, data_dir):
     assert metric(after, "bootcfg_open_connections") >= 1
     assert metric(after, "bootcfg_build_info", version=after.split('version="')[1].split('"')[0]) == 1
     conn.close()
+
+
+@pytest.mark.parametrize("command", ["check", "explain"])
+def test_tools_report_a_missing_data_directory_in_one_line(command):
+    out = bootcfg(command, "-data-path", "/nonexistent/data")
+    assert out.returncode == 2
+    assert out.stderr.decode().strip() == ("bootcfg %s: data directory /nonexistent/data does "
+                                           "not exist (set -data-path or BOOTCFG_DATA_PATH)"
+                                           % command)
