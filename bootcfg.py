@@ -30,8 +30,8 @@ import explain
 import images
 import metrics
 import render
-import store
 import server
+import store
 import systemd_integration
 # Re-exported: tests and tools reach the server's pieces through this module.
 from server import (LIMITS, Handler, HTTPError, Request, Response,  # noqa: F401
@@ -44,7 +44,6 @@ log = logging.getLogger("bootcfg")
 # only one checked for its records, and this one is pinned to INFO.
 lifecycle = logging.getLogger("bootcfg.lifecycle")
 lifecycle.setLevel(logging.INFO)
-access = logging.getLogger("bootcfg.access")
 
 IDENTITY = ("bootcfg %s\n" % __version__).encode()
 
@@ -92,8 +91,8 @@ def handle_pixiecore(req):
 
 
 def handle_metrics(req):
-    server = req.server
-    body = server.metrics.render(server.open_connections, server.store.stats())
+    srv = req.server
+    body = srv.metrics.render(srv.open_connections, srv.store.stats())
     return Response(body=body, content_type=metrics.CONTENT_TYPE)
 
 
@@ -139,25 +138,33 @@ def find_route(path):
 
 
 def dispatch(req):
-    """Run the route for a request: the one place failures become 4xx/5xx."""
-    _, handler = find_route(req.path)
+    """Run the route for a request: the one place failures become 4xx/5xx. The
+    answer carries the route's name for /metrics."""
+    route, handler = find_route(req.path)
+    resp = answer(req, handler)
+    resp.route = route
+    return resp
+
+
+def answer(req, handler):
     if handler is None:
-        return _error(404, "no such endpoint: %s" % req.path[:200])
+        return text_response(404, "no such endpoint: %s" % req.path[:200])
     try:
         return handler(req)
     except HTTPError as e:
-        resp = _error(e.status, e.message)
+        resp = text_response(e.status, e.message)
         resp.headers += e.headers
         return resp
     except NoMatch as e:
-        return _error(404, str(e), matched="no match", machine=e.machine)
+        return text_response(404, str(e), matched="no match", machine=e.machine)
     except store.LoadError as e:
         # The store has logged the reason with the full path.
-        return _error(500, "%s cannot be used; the server log says why" % e.path,
-                      matched=e.path + " (invalid)", machine=getattr(e, "machine", ""))
+        return text_response(500, "%s cannot be used; the server log says why" % e.path,
+                             matched=e.path + " (invalid)",
+                             machine=getattr(e, "machine", ""))
     except Exception:
         log.exception("internal error on %s %s", req.method, req.path[:200])
-        return _error(500, "internal error; the server log has the traceback")
+        return text_response(500, "internal error; the server log has the traceback")
 
 
 class NoMatch(Exception):
@@ -199,9 +206,6 @@ def _machine(uuid, mac):
     return (uuid or "", mac or "")
 
 
-_error = text_response
-
-
 class BootServer(server.BootServer):
     """The HTTP server wired to this module's route table."""
 
@@ -209,9 +213,6 @@ class BootServer(server.BootServer):
 
     def dispatch(self, req):
         return dispatch(req)
-
-    def route_name(self, path):
-        return find_route(path)[0]
 
 
 # ---------------------------------------------------------------- CLI
@@ -241,6 +242,24 @@ def resolve_address(host, port):
         raise UsageError("address %s: %s" % (host, e.strerror)) from None
     family, _, _, _, sockaddr = infos[0]
     return family, sockaddr[:2]
+
+
+def one_of(*names):
+    """An argparse type for a word from `names`, any case. A type, not `choices`,
+    because argparse runs types on defaults too: a bad BOOTCFG_* value gets the
+    same one-line error as a bad flag."""
+    def word(text):
+        if text.lower() not in names:
+            raise argparse.ArgumentTypeError("invalid choice: %r (choose from %s)"
+                                             % (text, ", ".join(names)))
+        return text.lower()
+    return word
+
+
+def positive_int(text):
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("must be a whole number, 1 or more, not %r" % text)
+    return int(text)
 
 
 def build_parser(command="serve"):
@@ -281,17 +300,16 @@ def build_parser(command="serve"):
         p.add_argument("-tls-address", "--tls-address", default=env("BOOTCFG_TLS_ADDRESS"),
                        help="serve HTTPS here and plain HTTP on -address; without it, "
                             "-address serves HTTPS only (BOOTCFG_TLS_ADDRESS)")
-        p.add_argument("-workers", "--workers", type=int,
-                       default=int(env("BOOTCFG_WORKERS", "1")),
-                       help="processes serving the same sockets; one per CPU core "
-                            "multiplies throughput under load (BOOTCFG_WORKERS; "
-                            "default %(default)s)")
-        p.add_argument("-log-level", "--log-level", type=str.lower,
+        p.add_argument("-workers", "--workers", type=positive_int,
+                       default=env("BOOTCFG_WORKERS", "1"),
+                       help="processes serving the same sockets; two per CPU core is a "
+                            "good start under load (BOOTCFG_WORKERS; default 1)")
+        p.add_argument("-log-level", "--log-level",
+                       type=one_of("debug", "info", "warning", "error"),
                        default=env("BOOTCFG_LOG_LEVEL", "info"),
-                       choices=("debug", "info", "warning", "error"),
                        help="debug, info, warning or error (BOOTCFG_LOG_LEVEL; default info)")
-        p.add_argument("-log-format", "--log-format", type=str.lower,
-                       default=env("BOOTCFG_LOG_FORMAT", "text"), choices=("text", "json"),
+        p.add_argument("-log-format", "--log-format", type=one_of("text", "json"),
+                       default=env("BOOTCFG_LOG_FORMAT", "text"),
                        help="text, or json: one object per line with the request's "
                             "fields (BOOTCFG_LOG_FORMAT; default text)")
     if command == "check":
@@ -425,10 +443,7 @@ def tool_setup(command, argv):
     args = build_parser(command).parse_args(argv)
     logging.getLogger("bootcfg").disabled = True
     logging.getLogger("bootcfg.store").disabled = True
-    data = resolve_data(args.data_path)
-    images_root = resolve_images(args.images_path) if args.images_path or \
-        os.path.isdir("images") else None
-    return args, data, images_root
+    return args, resolve_data(args.data_path), resolve_images(args.images_path)
 
 
 def run_check(argv):
@@ -472,9 +487,6 @@ def run_explain(argv):
 def serve(argv):
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    if args.workers < 1:
-        print("bootcfg: -workers must be 1 or more", file=sys.stderr)
-        return 2
     try:
         servers = open_servers(args)
     except UsageError as e:

@@ -68,6 +68,7 @@ class Response:
         self.length = file[2] if file else len(body)
         self.matched = matched
         self.machine = machine      # (uuid, mac), canonical or ""
+        self.route = "other"        # route name for /metrics, set by dispatch
 
 
 def text_response(status, message, matched="", machine=""):
@@ -181,10 +182,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return sent
 
     def _log_access(self, resp, sent, started):
+        self.server.metrics.request(resp.route, resp.status, sent)
+        if not access.isEnabledFor(logging.INFO):
+            return          # -log-level warning: no line to build
         ms = (time.perf_counter() - started) * 1000
         path = _printable(self.path)
-        route = self.server.route_name(self.path.partition("?")[0])
-        self.server.metrics.request(route, resp.status, sent)
         uuid, mac = resp.machine or ("", "")
         fields = {"client": self.address_string(), "method": self.command, "path": path,
                   "status": resp.status, "bytes": sent if sent >= 0 else None,
@@ -213,7 +215,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_request(self, code="-", size="-"):
         # Called by send_response. Our routes log their own line after the body is
-        # sent; this logs the answers the stdlib gives itself (400, 414, 431, 501).
+        # sent; this logs the answers the stdlib gives itself (400, 414, 431, 505).
         if not self._in_route:
             line = _printable(getattr(self, "requestline", "") or "-")
             self.server.metrics.request("other", code, 0)
@@ -244,20 +246,15 @@ def split_target(target):
 
 class BootServer(http.server.ThreadingHTTPServer):
     """A thread per connection, bounded by LIMITS["max_connections"]. Subclasses
-    say what to answer: dispatch(request) -> Response, route_name(path) -> the
-    label for metrics, and `version`."""
-
-    version = "0"
-
-    def dispatch(self, req):
-        raise NotImplementedError
-
-    def route_name(self, path):
-        raise NotImplementedError
+    say what to answer (dispatch(request) -> Response) and set `version`."""
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = LIMITS["listen_backlog"]
+    version = "0"
+
+    def dispatch(self, req):
+        raise NotImplementedError
 
     def __init__(self, address, data_store, images_root=None, family=socket.AF_INET,
                  sock=None, counters=None, tls=None):
@@ -351,11 +348,12 @@ class BootServer(http.server.ThreadingHTTPServer):
         else:
             log.exception("internal error serving %s", client_address[0])
 
-    def stop(self, grace=LIMITS["stop_grace"]):
-        """Stop accepting, then give in-flight requests `grace` seconds."""
+    def stop(self, grace=None):
+        """Stop accepting, then give in-flight requests `grace` seconds
+        (LIMITS["stop_grace"] by default)."""
         self.stopping = True
         self.server_close()
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + (LIMITS["stop_grace"] if grace is None else grace)
         while self.busy and time.monotonic() < deadline:
             time.sleep(0.05)
 

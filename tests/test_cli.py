@@ -179,4 +179,16 @@ def test_workers_share_the_port_and_stop_together(start_server, data_dir):
 
 def test_workers_must_be_positive(data_dir):
     out = run("-data-path", str(data_dir), "-workers", "0")
-    assert out.returncode == 2 and "-workers must be 1 or more" in out.stderr
+    assert out.returncode == 2 and "-workers/--workers: must be a whole number, 1 or more" \
+        in out.stderr
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BOOTCFG_WORKERS": "abc"}, "-workers/--workers: must be a whole number"),
+    ({"BOOTCFG_LOG_LEVEL": "loud"}, "-log-level/--log-level: invalid choice: 'loud'"),
+    ({"BOOTCFG_LOG_FORMAT": "xml"}, "-log-format/--log-format: invalid choice: 'xml'"),
+])
+def test_bad_environment_values_are_one_line_errors(data_dir, env, message):
+    out = run("-data-path", str(data_dir), "-address", "127.0.0.1:0", env=env)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
