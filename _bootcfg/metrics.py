@@ -11,9 +11,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self, version):
+    """One process's counters. `shared` (workers.Shared, with -workers N) carries
+    what the master counts: worker processes that died and were replaced."""
+
+    def __init__(self, version, shared=None):
         self._lock = threading.Lock()
         self.version = version
+        self.shared = shared
+        self.open_connections = 0
         self.started = time.time()
         self.requests = {}        # (route, status) -> count
         self.bytes = {}           # route -> bytes of bodies sent
@@ -26,12 +31,16 @@ class Metrics:
             if sent > 0:
                 self.bytes[route] = self.bytes.get(route, 0) + sent
 
+    def connection(self, delta):
+        with self._lock:
+            self.open_connections += delta
+
     def lookup(self, kind, match):
         """One machine answered: match is uuid, mac, default, none or invalid."""
         with self._lock:
             self.lookups[kind, match] = self.lookups.get((kind, match), 0) + 1
 
-    def render(self, open_connections, store_stats):
+    def render(self, store_stats):
         """The exposition text. `store_stats` is FileStore.stats()."""
         with self._lock:
             requests = sorted(self.requests.items())
@@ -59,7 +68,11 @@ class Metrics:
                "Config files currently served from their last good version because "
                "the file on disk is unusable.", [({}, store_stats["stale"])])
         family(out, "bootcfg_open_connections", "gauge",
-               "Client connections currently open.", [({}, open_connections)])
+               "Client connections currently open in this process.",
+               [({}, self.open_connections)])
+        family(out, "bootcfg_worker_restarts_total", "counter",
+               "Worker processes that died and were replaced (-workers N > 1).",
+               [({}, self.shared.worker_restarts if self.shared is not None else 0)])
         return ("\n".join(out) + "\n").encode("utf-8")
 
 

@@ -2,8 +2,8 @@
 
 `serve` resolves a request path safely inside the root and answers with the
 validators and range handling HTTP clients expect (ETag, Last-Modified, 304,
-one Range -> 206/416). It opens the file; the caller sends it with sendfile and
-closes it. No sockets here.
+one Range -> 206/416), or raises Refusal for what it will not serve. It opens
+the file; the caller sends it with sendfile and closes it. No sockets here.
 """
 
 import datetime
@@ -13,13 +13,7 @@ import os
 import stat
 from urllib.parse import unquote_to_bytes
 
-
-class Refused(Exception):
-    """A request for a file that gets no file: status, message, extra headers."""
-
-    def __init__(self, status, message, headers=()):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, list(headers)
+from _bootcfg.answers import Refusal
 
 
 def resolve(root, raw_path):
@@ -28,16 +22,16 @@ def resolve(root, raw_path):
     path, symlinks followed, is not inside root."""
     raw = unquote_to_bytes(raw_path)
     if b"\0" in raw or b"\\" in raw:
-        raise Refused(400, "NUL or backslash in image path")
+        raise Refusal("bad request", "NUL or backslash in image path")
     parts = [p for p in raw.split(b"/") if p]
     if not parts:
-        raise Refused(404, "no such image")
+        raise Refusal("not found", "no such image")
     if any(p in (b".", b"..") for p in parts):
-        raise Refused(400, "'.' or '..' in image path")
+        raise Refusal("bad request", "'.' or '..' in image path")
     root_b = os.fsencode(root)
     real = os.path.realpath(os.path.join(root_b, *parts))
     if not real.startswith(root_b.rstrip(b"/") + b"/"):
-        raise Refused(403, "image path leads outside the images directory")
+        raise Refusal("forbidden", "image path leads outside the images directory")
     return real
 
 
@@ -47,14 +41,14 @@ def serve(root, raw_path, headers):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise Refused(404, "no such image") from None
+        raise Refusal("not found", "no such image") from None
     except OSError as e:
-        raise Refused(404 if not os.path.exists(path) else 403,
+        raise Refusal("not found" if not os.path.exists(path) else "forbidden",
                       "cannot open image: %s" % e.strerror) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise Refused(404, "no such image (not a file)")
+        raise Refusal("not found", "no such image (not a file)")
     f = os.fdopen(fd, "rb")
     try:
         return _answer(f, st, path, headers)
@@ -78,7 +72,7 @@ def _answer(f, st, path, headers):
         span = None
     if span == "unsatisfiable":
         f.close()
-        raise Refused(416, "range not satisfiable for %d bytes" % size,
+        raise Refusal("range", "range not satisfiable for %d bytes" % size,
                       [("Content-Range", "bytes */%d" % size)] + common)
     extra = [("Content-Type", ctype)] + common
     if span is None:

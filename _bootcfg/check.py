@@ -1,6 +1,6 @@
 """`bootcfg check`: validate a data directory before it is rolled out.
 
-It reads every file with the same store and parser the server uses, and reports
+It reads every file through the same App, store and parser the server uses, and reports
 what the server would refuse plus mistakes the server cannot see at run time:
 two files for one machine, file names that are no MAC/UUID, kernels and initrds
 missing from the images directory, cloud-configs that are not cloud-configs, and
@@ -11,9 +11,10 @@ import json
 import os
 from typing import NamedTuple, Optional
 
-import images
 import render
 import store
+from _bootcfg import images
+from _bootcfg.answers import Refusal
 
 KNOWN = {"uuid", "mac", "default"}
 
@@ -34,10 +35,11 @@ class Finding(NamedTuple):
         return "%s: %s: %s" % (where, self.severity, self.message)
 
 
-def check(data_root, images_root=None):
-    """All findings for a data directory, sorted by path and position."""
+def check(app):
+    """All findings for the data directory of `app` (an App, built as the server
+    builds it), sorted by path and position."""
     found = []
-    fs = store.FileStore(data_root, {"boot": render.parse_boot_config, "cloud": None})
+    fs, data_root, images_root = app.store, app.store.root, app.images_root
     for kind in store.KINDS:
         kind_dir = os.path.join(data_root, kind)
         if not os.path.isdir(kind_dir):
@@ -113,7 +115,7 @@ def missing_image(url, images_root):
     rel = url[len("/images/"):].split("?", 1)[0]
     try:
         real = images.resolve(images_root, rel)
-    except images.Refused as e:
+    except Refusal as e:
         return "%s: %s" % (url, e.message)
     if not os.path.isfile(real):
         return "%s does not exist in the images directory %s" % (url, images_root)

@@ -1,13 +1,14 @@
 """`bootcfg explain`: what one machine would boot, and why.
 
-It searches with the server's store and answers through the server's own route
-handlers (passed in as `dispatch`), so what it prints is byte for byte what the
-machine would get from a running bootcfg on the same data.
+It searches with the server's store and asks the same App the server runs, so
+what it prints is byte for byte what the machine would get from a running
+bootcfg on the same data.
 """
 
 from urllib.parse import quote
 
 import store
+from _bootcfg.answers import Request
 
 STATES = {
     "absent": "no key given",
@@ -47,14 +48,15 @@ def requests(uuid_raw, mac_raw):
     return out
 
 
-def answers(dispatch, make_request, uuid_raw, mac_raw):
-    """{label: (shown path, Response)} through the server's dispatch."""
-    return {label: (shown, dispatch(make_request(path, query)))
+def answers(app, uuid_raw, mac_raw):
+    """{label: (shown path, Response)} from `app`, as the server would answer."""
+    return {label: (shown, app(Request("GET", path, query, {}, "explain")))
             for label, path, query, shown in requests(uuid_raw, mac_raw)}
 
 
-def report(fs, dispatch, make_request, uuid_raw, mac_raw, platform):
+def report(app, uuid_raw, mac_raw, platform):
     """The full explanation as text."""
+    fs = app.store
     uuid, mac, notes = machine_keys(uuid_raw, mac_raw)
     lines = ["machine  uuid=%s mac=%s platform=%s" % (uuid or "-", mac or "-",
                                                      platform or "-")]
@@ -80,7 +82,7 @@ def report(fs, dispatch, make_request, uuid_raw, mac_raw, platform):
     elif platform == "pcbios":
         lines += ["", "platform pcbios: the kernel ignores initrd=<name> arguments; iPXE "
                       "hands it the initrds itself."]
-    for label, (shown, resp) in answers(dispatch, make_request, uuid_raw, mac_raw).items():
+    for label, (shown, resp) in answers(app, uuid_raw, mac_raw).items():
         lines += ["", "==> GET %s -> %d" % (shown, resp.status)]
         body = resp.body.decode("utf-8", "replace")
         lines.append(body[:-1] if body.endswith("\n") else body)

@@ -1,0 +1,18 @@
+"""bootcfg's private package: everything but the CLI, the store and the renderers.
+
+The user's card names three top-level modules (bootcfg.py, the CLI; store.py;
+render.py); the rest lives here, under a name no other distribution uses:
+
+    answers.py   Request, Response, Refusal and the one table of statuses
+    app.py       App: the route table, the handlers, the store and counters
+    server.py    the HTTP server (knows an app, never a config) and its LIMITS
+    workers.py   -workers N: a master that starts, reaps and replaces workers
+    images.py    static files under /images/ (ranges, validators, confinement)
+    metrics.py   counters in Prometheus text format
+    check.py     `bootcfg check`
+    explain.py   `bootcfg explain`
+    logs.py      text and JSON log lines
+    systemd.py   socket activation and sd_notify
+"""
+
+__version__ = "0.2.0"

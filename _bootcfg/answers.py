@@ -1,0 +1,95 @@
+"""What passes between the HTTP server and the application, and the one place a
+failure becomes a status.
+
+A route handler returns a Response or raises Refusal(kind, message); the server
+raises the same Refusal for what it refuses itself (a malformed target, a method
+other than GET/HEAD, too many connections) and for the protocol errors the
+standard library detects (414, 431, 505). `STATUS` is the only table of statuses
+the program chooses; every error body is plain text, never HTML.
+"""
+
+from typing import NamedTuple, Tuple
+
+# Every status bootcfg answers other than 200/206/304, by the kind of failure.
+STATUS = {
+    "bad request": 400,      # malformed target, MAC in a path, NUL or '..' in a path
+    "forbidden": 403,        # an image path that leads outside the images directory
+    "not found": 404,        # no such endpoint, no such image, image serving off
+    "no match": 404,         # no config for this machine and no default
+    "bad method": 405,       # anything but GET and HEAD
+    "line too long": 414,    # request line over 64 KiB (the standard library's limit)
+    "range": 416,            # a Range that starts past the end of the file
+    "headers too large": 431,  # more header lines than the standard library allows
+    "invalid config": 500,   # the machine's config exists and never loaded
+    "internal": 500,         # a bug: the log has the traceback
+    "busy": 503,             # max_connections reached
+    "bad version": 505,      # an HTTP version other than 1.x
+}
+
+# The standard library's own error codes, as kinds of the table above.
+PROTOCOL_KINDS = {400: "bad request", 414: "line too long", 431: "headers too large",
+                  505: "bad version", 501: "bad method", 405: "bad method"}
+
+REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
+           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           414: "URI Too Long", 416: "Range Not Satisfiable",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+
+
+class Refusal(Exception):
+    """A request that gets no ordinary answer. `kind` is a key of STATUS; the
+    message is the body; `headers` are added (Allow, Content-Range, Retry-After);
+    `matched` and `machine` go to the access line."""
+
+    def __init__(self, kind, message, headers=(), matched="", machine=("", "")):
+        super().__init__(message)
+        if kind not in STATUS:
+            raise ValueError("unknown refusal kind %r" % kind)
+        self.kind, self.message, self.headers = kind, message, list(headers)
+        self.matched, self.machine = matched, machine
+
+    @property
+    def status(self):
+        return STATUS[self.kind]
+
+
+class Request(NamedTuple):
+    method: str
+    path: str            # as sent, before percent-decoding, without the query
+    query: dict          # name -> first value, percent-decoded
+    headers: object      # a case-insensitive mapping (http.client.HTTPMessage)
+    client: str = ""     # the peer's address
+    local: Tuple = ()    # (address, port) the request arrived on
+
+
+class Response:
+    """What a route handler returns. `file` is (open file, offset, count) for
+    answers sent with sendfile; `matched` and `machine` go to the access log;
+    `route` names the route for /metrics (set by the app)."""
+
+    __slots__ = ("status", "body", "file", "headers", "length", "matched", "machine",
+                 "route")
+
+    def __init__(self, status=200, body=b"", content_type="text/plain; charset=utf-8",
+                 headers=(), file=None, matched="", machine=("", "")):
+        self.status, self.body, self.file = status, body, file
+        self.headers = [("Content-Type", content_type)] + list(headers)
+        self.length = file[2] if file else len(body)
+        self.matched = matched
+        self.machine = machine      # (uuid, mac), canonical or ""
+        self.route = "other"
+
+
+def refused(refusal):
+    """The plain-text Response for a Refusal: the one way an error is answered."""
+    resp = Response(refusal.status, (refusal.message + "\n").encode("utf-8", "replace"),
+                    headers=refusal.headers, matched=refusal.matched,
+                    machine=refusal.machine)
+    return resp
+
+
+def printable(text, limit=300):
+    """Request text as it can be logged: no control characters, bounded."""
+    out = "".join(c if 0x20 <= ord(c) < 0x7F else "\\x%02x" % (ord(c) & 0xFF) for c in text)
+    return out if len(out) <= limit else out[:limit] + "..."

@@ -1,0 +1,180 @@
+"""The application: bootcfg's routes, and the state they answer from.
+
+`App(store, images_root)` is called as `app(request) -> Response` by the HTTP
+server, by `bootcfg explain` and by tests, all the same way. It owns the store, the
+images root, the counters and the route table; it never touches a socket. Handlers
+return a Response or raise Refusal; `__call__` is the one place a failure becomes
+a status (answers.STATUS), including a bug (500, traceback in the log).
+
+The server tells the app what happened on the wire through `record(response,
+sent)` (after each answer, with the body bytes sent or -1 if the client went away)
+and `connection(delta)` (a connection opened or closed).
+"""
+
+import functools
+import logging
+from urllib.parse import unquote
+
+import render
+import store
+from _bootcfg import __version__, images, metrics
+from _bootcfg.answers import Refusal, Response, printable, refused
+
+log = logging.getLogger("bootcfg")
+
+IDENTITY = ("bootcfg %s\n" % __version__).encode()
+
+# The parse function of each kind of config the store serves (None: bytes as-is).
+PARSERS = {"boot": render.parse_boot_config, "cloud": None}
+
+# Rendering is pure, so a config renders once until it changes (a changed file
+# parses to a new BootConfig, which is a new key).
+render_ipxe = functools.lru_cache(maxsize=4096)(render.render_ipxe)
+render_pixiecore = functools.lru_cache(maxsize=4096)(render.render_pixiecore)
+
+
+def make_store(data_root, limits=None):
+    """The FileStore the server, `check` and `explain` all read through."""
+    return store.FileStore(data_root, PARSERS, limits)
+
+
+class App:
+    def __init__(self, data_store, images_root=None, counters=None):
+        self.store = data_store
+        self.images_root = images_root
+        self.metrics = counters or metrics.Metrics(__version__)
+        # Exact paths, then prefixes. A new endpoint is one line here.
+        self.routes = {
+            "/": self.identity,
+            "/boot.ipxe": self.chainload,
+            "/boot.ipxe.0": self.chainload,     # old dnsmasq proxy-DHCP appends ".0"
+            "/ipxe": self.ipxe,
+            "/cloud": self.cloud,
+            "/metrics": self.metrics_page,
+        }
+        self.prefix_routes = (
+            ("/pixiecore/v1/boot/", self.pixiecore),
+            ("/images/", self.image),
+        )
+
+    # ------------------------------------------------------------ the seam
+
+    def __call__(self, req):
+        """The answer to one request; the route's name is on it for /metrics."""
+        route, handler = self.find_route(req.path)
+        try:
+            if handler is None:
+                raise Refusal("not found", "no such endpoint: %s" % req.path[:200])
+            resp = handler(req)
+        except Refusal as e:
+            resp = refused(e)
+        except Exception:
+            log.exception("internal error on %s %s", req.method, req.path[:200])
+            resp = refused(Refusal("internal",
+                                   "internal error; the server log has the traceback"))
+        resp.route = route
+        return resp
+
+    def find_route(self, path):
+        """(route name, handler); the name is the route's path or prefix, "other"
+        with handler None when nothing matches."""
+        handler = self.routes.get(path)
+        if handler is not None:
+            return path, handler
+        for prefix, candidate in self.prefix_routes:
+            if path.startswith(prefix):
+                return prefix, candidate
+        return "other", None
+
+    def record(self, resp, sent):
+        """An answer went out (`sent` body bytes, -1 when the client went away)."""
+        self.metrics.request(resp.route, resp.status, sent)
+
+    def connection(self, delta):
+        self.metrics.connection(delta)
+
+    # ------------------------------------------------------------ routes
+
+    def identity(self, req):
+        return Response(body=IDENTITY)
+
+    def chainload(self, req):
+        return Response(body=render.render_chainload())
+
+    def ipxe(self, req):
+        uuid, mac = machine_from_query(req.query)
+        match = self.lookup("boot", uuid, mac)
+        return Response(body=render_ipxe(match.value), matched=match.path,
+                        machine=(uuid or "", mac or ""))
+
+    def cloud(self, req):
+        uuid, mac = machine_from_query(req.query)
+        match = self.lookup("cloud", uuid, mac)
+        return Response(body=match.value, matched=match.path, machine=(uuid or "", mac or ""))
+
+    def pixiecore(self, req):
+        raw = unquote(req.path[len("/pixiecore/v1/boot/"):])
+        try:
+            mac = store.parse_mac(raw)
+        except ValueError as e:
+            raise Refusal("bad request", str(e)) from None
+        if mac is None:
+            raise Refusal("bad request", "placeholder MAC %s names no machine" % raw)
+        match = self.lookup("boot", None, mac)
+        return Response(body=render_pixiecore(match.value),
+                        content_type="application/json", matched=match.path,
+                        machine=("", mac))
+
+    def metrics_page(self, req):
+        return Response(body=self.metrics.render(self.store.stats()),
+                        content_type=metrics.CONTENT_TYPE)
+
+    def image(self, req):
+        if self.images_root is None:
+            raise Refusal("not found", "image serving is off: no images directory")
+        try:
+            status, headers, file = images.serve(self.images_root,
+                                                 req.path[len("/images/"):], req.headers)
+        except Refusal as e:
+            if e.kind == "forbidden":
+                log.warning("refused image %s: %s", printable(req.path), e.message)
+            raise
+        resp = Response(status, file=file, matched="images")
+        resp.headers = headers
+        return resp
+
+    # ------------------------------------------------------------ lookups
+
+    def lookup(self, kind, uuid, mac):
+        """The store's match for a machine, or Refusal: no match (404) or a config
+        that exists and never loaded (500; the store has logged why)."""
+        found = self.store.lookup(kind, uuid, mac)
+        how = found.match.how if found.match else "invalid" if found.error else "none"
+        self.metrics.lookup(kind, how)
+        machine = (uuid or "", mac or "")
+        if found.error is not None:
+            raise Refusal("invalid config",
+                          "%s cannot be used; the server log says why" % found.error.path,
+                          matched=found.error.path + " (invalid)", machine=machine)
+        if found.match is None:
+            raise Refusal("no match", "no %s config for uuid=%s mac=%s and no %s/default"
+                          % (kind, uuid or "-", mac or "-", kind),
+                          matched="no match", machine=machine)
+        return found.match
+
+
+def machine_from_query(query):
+    """Validated (uuid, mac) from a query; malformed values are ignored with a
+    warning, so the machine still matches by its other key or the default."""
+    keys = []
+    for name in ("uuid", "mac"):
+        raw = query.get(name, "")
+        value = None
+        if raw:
+            try:
+                value = store.KEY_PARSERS[name](raw)
+            except ValueError as e:
+                log.warning("ignoring %s in query: %s", name, e)
+        keys.append(value)
+    return tuple(keys)
+

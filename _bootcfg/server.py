@@ -1,0 +1,354 @@
+"""The HTTP server: a ThreadingHTTPServer subclass and its request handler.
+
+HTTP/1.1 keep-alive, idle timeout, connection limit, access log, HTTPS and a
+graceful stop, on the standard library's documented hooks. It knows nothing of
+configs: `BootServer(address, app, limits, tls)` hands each request to
+`app(request) -> Response` and tells the app what went out (`app.record`,
+`app.connection`). Every answer, the standard library's own protocol errors
+included, leaves through `Handler._answer`: one head, one access line, one count.
+"""
+
+import email.utils
+import http.server
+import logging
+import socket
+import ssl
+import sys
+import threading
+import time
+import types
+from urllib.parse import parse_qs, urlsplit
+
+from _bootcfg import __version__
+from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, printable,
+                              refused)
+
+log = logging.getLogger("bootcfg")
+access = logging.getLogger("bootcfg.access")
+
+# Every tunable limit of the server, with why its default is safe. Read-only:
+# BootServer takes its own copy, changed by `limits=` (the CLI's flags).
+LIMITS = types.MappingProxyType({
+    # Seconds a connection may sit idle (or stall mid-request) before it is closed
+    # (-idle-timeout). iPXE reuses a connection within milliseconds between script,
+    # kernel and initrd; 30 s is generous for that and still frees threads of dead
+    # clients.
+    "idle_timeout": 30.0,
+    # Connections served at once by one process, one thread each
+    # (-max-connections). A boot storm of a few racks is a few hundred; past this a
+    # client gets an immediate 503 rather than the server growing threads without
+    # bound.
+    "max_connections": 1024,
+    # Listen backlog: a rack powering on at once connects in the same millisecond,
+    # and a connection that finds the backlog full has its SYN dropped and retried
+    # by the client a whole second later (seen: 500 connections took 3 s at 128,
+    # 0.05 s at 1024). Linux caps it at net.core.somaxconn (4096 since 5.4).
+    "listen_backlog": 1024,
+    # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    "stop_grace": 5.0,
+    # -workers N: a worker that dies sooner than this after it started counts as
+    # crashing; each such death in a row doubles its restart delay (from
+    # `restart_delay` up to `restart_delay_max`), so a crash loop costs little CPU.
+    # The first death is replaced at once: one crash is not a loop.
+    "worker_min_uptime": 10.0,
+    "restart_delay": 0.25,
+    "restart_delay_max": 8.0,
+    # When every worker has crashed this many times in a row, the master exits 1
+    # and leaves restarting to systemd's Restart= (whose own limits then apply).
+    "worker_crash_limit": 5,
+})
+
+_DATE_CACHE = [0, ""]
+
+
+def date_header():
+    """The Date header's value; it changes once a second, so it is formatted once a
+    second."""
+    now = int(time.time())
+    cached = _DATE_CACHE
+    if cached[0] != now:
+        cached[:] = [now, email.utils.formatdate(now, usegmt=True)]
+    return cached[1]
+
+
+def head_bytes(resp, close):
+    """Status line and headers of an HTTP/1.1 answer, ending in the blank line."""
+    lines = ["HTTP/1.1 %d %s" % (resp.status, REASONS.get(resp.status, "Status")),
+             "Server: bootcfg/" + __version__, "Date: " + date_header()]
+    lines += ["%s: %s" % header for header in resp.headers]
+    if resp.status != 304:
+        lines.append("Content-Length: %d" % resp.length)
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One connection. GET and HEAD go to the app; the standard library parses
+    the request and keeps the connection alive until `timeout`."""
+
+    protocol_version = "HTTP/1.1"
+    # Errors for requests without a version get a status line, not HTTP/0.9 bytes.
+    default_request_version = "HTTP/1.0"
+    disable_nagle_algorithm = True
+    # Buffer the response so headers and a small body go out in one send().
+    wbufsize = 64 * 1024
+    _started = None
+
+    @property
+    def timeout(self):
+        # The socket timeout StreamRequestHandler.setup() applies: the idle limit.
+        return self.server.limits["idle_timeout"]
+
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
+        super().setup()
+
+    def parse_request(self):
+        self._started = time.perf_counter()
+        return super().parse_request()
+
+    def do_GET(self):
+        self._route(send_body=True)
+
+    def do_HEAD(self):
+        self._route(send_body=False)
+
+    def __getattr__(self, name):
+        # handle_one_request looks up do_<METHOD>; every method but GET and HEAD,
+        # known or invented, gets 405 with Allow rather than the stdlib's 501.
+        if name.startswith("do_"):
+            return self._refuse_method
+        raise AttributeError(name)
+
+    def _refuse_method(self):
+        # A body we will not read would be parsed as the next request: close.
+        self.close_connection = True
+        self._answer(refused(Refusal("bad method", "method %s not allowed; use GET or HEAD"
+                                     % printable(self.command, 40),
+                                     headers=[("Allow", "GET, HEAD")])), send_body=True)
+
+    def send_error(self, code, message=None, explain=None):
+        # The standard library's own protocol errors (400, 414, 431, 505) arrive
+        # here; they are answered, logged and counted like every other answer.
+        self.close_connection = True
+        kind = PROTOCOL_KINDS.get(code, "bad request")
+        text = "%d %s" % (code, message or REASONS.get(code, "error"))
+        self._answer(refused(Refusal(kind, text)), send_body=self.command != "HEAD")
+
+    def _route(self, send_body):
+        server = self.server
+        server.request_started()
+        try:
+            if self.headers.get("Content-Length", "0").strip() not in ("", "0") or \
+                    "Transfer-Encoding" in self.headers:
+                self.close_connection = True  # we do not read request bodies
+            try:
+                path, query = split_target(self.path)
+            except Refusal as e:
+                self.close_connection = True
+                resp = refused(e)
+            else:
+                resp = server.app(Request(self.command, path, query, self.headers,
+                                          self.client_address[0], server.server_address))
+            self._answer(resp, send_body)
+        finally:
+            server.request_finished()
+
+    def _answer(self, resp, send_body):
+        """Send `resp`, then count and log it: the one way out of this handler."""
+        started = self._started or time.perf_counter()
+        self._started = None
+        if self.server.stopping:
+            self.close_connection = True
+        sent = self._send(resp, send_body and resp.status != 304)
+        self.server.app.record(resp, sent)
+        if access.isEnabledFor(logging.INFO):   # -log-level warning: no line to build
+            self._log_access(resp, sent, started)
+
+    def _send(self, resp, send_body):
+        """Write the answer; returns body bytes sent (-1 if the client went away)."""
+        sent = 0
+        try:
+            self.wfile.write(head_bytes(resp, self.close_connection))
+            if send_body:
+                if resp.file is not None:
+                    f, offset, count = resp.file
+                    self.wfile.flush()          # headers first, then the file
+                    sent = self.connection.sendfile(f, offset, count) if count else 0
+                else:
+                    self.wfile.write(resp.body)
+                    sent = len(resp.body)
+            self.wfile.flush()   # headers and body leave in one write
+        except (ConnectionError, TimeoutError, socket.timeout) as e:
+            self.close_connection = True
+            log.info("%s went away during %s: %s", self.client_address[0],
+                     self._request_text(), e.__class__.__name__)
+            sent = -1
+        finally:
+            if resp.file is not None:
+                resp.file[0].close()
+        return sent
+
+    def _request_text(self):
+        """`METHOD path` as it can be logged, or what arrived of the request line."""
+        if self.command and getattr(self, "path", None) is not None:
+            return "%s %s" % (printable(self.command, 40), printable(self.path))
+        raw = getattr(self, "raw_requestline", b"") or b""
+        return printable(raw.decode("latin-1").rstrip("\r\n")) or "-"
+
+    def _log_access(self, resp, sent, started):
+        ms = (time.perf_counter() - started) * 1000
+        client = self.client_address[0]
+        request = self._request_text()
+        uuid, mac = resp.machine or ("", "")
+        fields = {"client": client, "method": self.command or None,
+                  "path": printable(self.path) if self.command else None,
+                  "request": request, "status": resp.status,
+                  "bytes": sent if sent >= 0 else None, "aborted": sent < 0,
+                  "ms": round(ms, 2), "uuid": uuid or None, "mac": mac or None,
+                  "file": resp.matched or None}
+        access.info('%s "%s" %d %s %.1fms uuid=%s mac=%s file=%s', client, request,
+                    resp.status, "%dB" % sent if sent >= 0 else "aborted", ms, uuid or "-",
+                    mac or "-", resp.matched or "-", extra={"fields": fields})
+
+    def log_request(self, code="-", size="-"):
+        pass    # every answer is logged by _answer, after its body is sent
+
+    def log_message(self, format, *args):
+        log.debug("%s: %s", self.client_address[0], format % args)
+
+
+def split_target(target):
+    """(path, query dict) from a request target; absolute-form is accepted.
+    Raises Refusal (400) for anything else."""
+    if not target.startswith("/"):
+        if not target.lower().startswith(("http://", "https://")):
+            raise Refusal("bad request", "request target must start with /")
+        parts = urlsplit(target)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    path, _, qs = target.partition("?")
+    query = {}
+    if qs:
+        for name, values in parse_qs(qs, keep_blank_values=True).items():
+            query[name] = values[0]
+    return path, query
+
+
+def listen(address, family=socket.AF_INET, backlog=LIMITS["listen_backlog"]):
+    """A listening TCP socket on `address`; an IPv6 one takes IPv4 clients too.
+    Raises OSError."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class BootServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, bounded by limits["max_connections"], answering
+    with `app` on a listening socket (see `listen`; or one systemd passed, or the
+    master's with -workers).
+
+    With `tls` (an ssl.SSLContext) every connection is HTTPS; the handshake runs
+    in the connection's own thread, so a slow client cannot stall accept()."""
+
+    daemon_threads = True
+
+    def __init__(self, sock, app, limits=None, tls=None):
+        self.app = app
+        self.limits = dict(LIMITS, **(limits or {}))
+        self.tls = tls
+        self.address_family = sock.family
+        self.stopping = False
+        self.open_connections = 0
+        self.busy = 0
+        self._count_lock = threading.Lock()
+        super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self):
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        return sock, address
+
+    def process_request(self, request, client_address):
+        with self._count_lock:
+            full = self.open_connections >= self.limits["max_connections"]
+            if not full:
+                self.open_connections += 1
+        if full:
+            log.warning("%s refused: %d connections open (max_connections)",
+                        client_address[0], self.open_connections)
+            self._refuse_busy(request)
+            return
+        self.app.connection(+1)
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError as e:  # the system will not start another thread
+            self._connection_done()
+            log.error("%s refused: %s", client_address[0], e)
+            self._refuse_busy(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_done()
+
+    def _connection_done(self):
+        with self._count_lock:
+            self.open_connections -= 1
+        self.app.connection(-1)
+
+    def _refuse_busy(self, request):
+        resp = refused(Refusal("busy", "503 server busy, try again",
+                               headers=[("Retry-After", "1")]))
+        sent = -1
+        try:
+            request.settimeout(1)
+            request.sendall(head_bytes(resp, close=True) + resp.body)
+            sent = len(resp.body)
+        except OSError:
+            pass
+        self.app.record(resp, sent)
+        self.shutdown_request(request)
+
+    def request_started(self):
+        with self._count_lock:
+            self.busy += 1
+
+    def request_finished(self):
+        with self._count_lock:
+            self.busy -= 1
+
+    def handle_error(self, request, client_address):
+        e = sys.exc_info()[1]
+        if isinstance(e, ssl.SSLError):
+            log.info("%s: TLS failed: %s", client_address[0], e.reason or e)
+        elif isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+            log.info("%s went away: %s", client_address[0], e.__class__.__name__)
+        else:
+            log.exception("internal error serving %s", client_address[0])
+
+    def stop(self, grace=None):
+        """Stop accepting, then give in-flight requests `grace` seconds
+        (limits["stop_grace"] by default)."""
+        self.stopping = True
+        self.server_close()
+        deadline = time.monotonic() + (self.limits["stop_grace"] if grace is None else grace)
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
