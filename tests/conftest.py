@@ -2,7 +2,9 @@
 
 import pytest
 
-from helpers import MAC1, UUID1, ServerProcess, boot_json, write  # noqa: F401
+import os
+
+from helpers import UUID1, InProcessServer, ServerProcess, boot_json, settle, write
 
 
 @pytest.fixture
@@ -16,23 +18,49 @@ def data_dir(tmp_path):
     write(str(d / "cloud/default"), "#cloud-config\nhostname: default\n")
     write(str(d / "cloud/uuid" / UUID1.upper()), "#cloud-config\nhostname: uuid1\n")
     write(str(d / "cloud/mac/52:54:00:89:d8:10"), "#cloud-config\nhostname: mac1\n")
+    settle(d)
     return d
+
+
+def _with_address(args):
+    args = list(args)
+    if not any(a.split("=")[0].lstrip("-") == "address" for a in args):
+        args += ["-address", "127.0.0.1:0"]
+    return args
 
 
 @pytest.fixture
 def start_server(request):
-    """start_server(*args, env=None) -> ServerProcess; stopped after the test, and
-    its log shown when the test fails."""
+    """start_server(*args, env=None, cwd=None) -> ServerProcess: bootcfg as a real
+    process (the CLI tier). Stopped after the test; its log shown on failure."""
     servers = []
 
     def start(*args, env=None, cwd=None, wrap=()):
-        args = list(args)
-        if not any(a.split("=")[0].lstrip("-") == "address" for a in args):
-            args += ["-address", "127.0.0.1:0"]
-        server = ServerProcess(args, env=env, cwd=cwd, wrap=wrap)
+        server = ServerProcess(_with_address(args), env=env, cwd=cwd, wrap=wrap)
         servers.append(server)
         return server
 
+    yield from _stop_and_report(request, servers, start)
+
+
+@pytest.fixture
+def serve(request):
+    """serve(*args, env=None) -> a server for HTTP behaviour: in this process
+    (InProcessServer), or a process of BOOTCFG_TEST_CMD's build when that is set."""
+    servers = []
+
+    def start(*args, env=None):
+        if os.environ.get("BOOTCFG_TEST_CMD"):
+            server = ServerProcess(_with_address(args), env=env)
+        else:
+            server = InProcessServer(_with_address(args), env=env)
+        servers.append(server)
+        return server
+
+    yield from _stop_and_report(request, servers, start)
+
+
+def _stop_and_report(request, servers, start):
     yield start
     for server in servers:
         server.stop()

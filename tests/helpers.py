@@ -1,11 +1,16 @@
-"""Shared test helpers: a real bootcfg process on a loopback port, small data trees,
-and an HTTP client that keeps its connection.
+"""Shared test helpers: bootcfg on a loopback port (in this process, or as a real
+process), small data trees, and an HTTP client that keeps its connection.
 
-BOOTCFG_TEST_CMD (a shell-style command, e.g. "dist/bootcfg") runs the HTTP suites
-against another build of bootcfg instead of `python bootcfg.py`.
+Two tiers. HTTP behaviour runs against InProcessServer: the App and BootServer the
+CLI builds, from the same flags, serving real sockets from threads of this process
+(fast, no process start-up). The CLI, signals, workers and systemd run bootcfg as
+operators do (ServerProcess, run_bootcfg). BOOTCFG_TEST_CMD (a shell-style command,
+e.g. "dist/bootcfg") makes every server a process of that build, so the HTTP
+suites also face the file operators copy.
 """
 
 import http.client
+import logging
 import os
 import re
 import shlex
@@ -33,6 +38,22 @@ def bootcfg_command():
     if custom:
         return shlex.split(custom)
     return [sys.executable, os.path.join(ROOT, "bootcfg.py")]
+
+
+def clean_env(env=None):
+    """os.environ without BOOTCFG_* settings (BOOTCFG_TEST_CMD kept), plus `env`."""
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith("BOOTCFG_") or k == "BOOTCFG_TEST_CMD"}
+    full.update(env or {})
+    return full
+
+
+def run_bootcfg(*args, env=None, cwd=None, timeout=60, text=True):
+    """Run the bootcfg command to completion: CompletedProcess with stdout and
+    stderr (str, or bytes with text=False)."""
+    return subprocess.run(bootcfg_command() + list(args), env=clean_env(env), cwd=cwd,
+                          text=text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=timeout)
 
 
 def need_tool(name, install_hint):
@@ -64,28 +85,36 @@ def write(path, text):
     return path
 
 
+def settle(root, age=5.0):
+    """Date every file and directory under `root` `age` seconds back, as a data
+    directory that was not just written looks to the store (which waits for
+    fresh files to stop changing)."""
+    when = time.time() - age
+    for dirpath, _, files in os.walk(str(root)):
+        for name in files + ["."]:
+            os.utime(os.path.join(dirpath, name), (when, when), follow_symlinks=False)
+
+
 def write_atomic(path, text):
     tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
     write(tmp, text)
     os.replace(tmp, path)
 
 
-class ServerProcess:
-    """bootcfg started as operators start it, on 127.0.0.1 and a free port."""
+class _Server:
+    """What both tiers offer a test: host, port, scheme, get(), connect(), the log
+    lines (log(), wait_log()) and stop()."""
 
-    def __init__(self, args, env=None, cwd=None, wrap=()):
-        full_env = dict(os.environ)
-        for key in list(full_env):
-            if key.startswith("BOOTCFG_") and key != "BOOTCFG_TEST_CMD":
-                del full_env[key]
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(list(wrap) + bootcfg_command() + list(args), env=full_env,
-                                     cwd=cwd or ROOT, stderr=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+    def _start_log(self):
         self.lines = []
         self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+
+    def _add_line(self, line):
+        with self._cond:
+            self.lines.append(line)
+            self._cond.notify_all()
+
+    def _found_listening(self):
         m = self.wait_log(r"listening on (https?)://(\S+?):(\d+)/", timeout=10)
         if m is None:
             self.stop()
@@ -97,16 +126,12 @@ class ServerProcess:
         return [(m.group(1), int(m.group(2))) for m in
                 re.finditer(r"listening on (https?)://\S+?:(\d+)/", self.log())]
 
-    def _read(self):
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+    def running(self):
+        return True
 
     def wait_log(self, pattern, timeout=5.0, start=0):
-        """The first match of `pattern` in log lines from index `start` on."""
+        """The first match of `pattern` in log lines from index `start` on; None
+        after `timeout` seconds or once the server has stopped."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -116,7 +141,7 @@ class ServerProcess:
                     if m:
                         return m
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                if left <= 0 or not self.running():
                     return None
                 self._cond.wait(min(left, 0.1))
 
@@ -133,6 +158,112 @@ class ServerProcess:
             return request(conn, path, method, headers)
         finally:
             conn.close()
+
+
+class InProcessServer(_Server):
+    """bootcfg's App and BootServers built by the CLI's own code from `args`,
+    serving from threads of this process; its log lines are captured."""
+
+    def __init__(self, args, env=None):
+        import bootcfg
+        from _bootcfg import logs
+        for key, value in (env or {}).items():
+            if not key.startswith("BOOTCFG_"):
+                raise ValueError("in-process servers take only BOOTCFG_* variables")
+        saved = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            parsed = bootcfg.build_parser().parse_args(list(args))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        if parsed.workers != 1:
+            raise ValueError("-workers needs a process: use start_server")
+        self._start_log()
+        self._handler = _LineHandler(self._add_line)
+        self._handler.setFormatter(logs.formatter(parsed.log_format))
+        root = logging.getLogger()
+        self._saved_level = root.level
+        root.addHandler(self._handler)
+        root.setLevel(parsed.log_level.upper())
+        self._stopped = False
+        try:
+            setup = bootcfg.configure(parsed)
+        except bootcfg.UsageError:
+            self.stop()
+            raise
+        self.app = setup.app()
+        self.servers = setup.servers(self.app)
+        for srv in self.servers:
+            # A short poll: stop() waits for the loop to notice the shutdown.
+            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01},
+                             daemon=True).start()
+            host, port = srv.server_address[:2]
+            logs.lifecycle.info("bootcfg (in-process) listening on %s://%s:%d/",
+                                "https" if srv.tls else "http",
+                                "[%s]" % host if ":" in host else host, port)
+        self._found_listening()
+
+    def running(self):
+        return not self._stopped
+
+    @property
+    def pid(self):
+        return os.getpid()
+
+    def stop(self, grace=2.0):
+        for srv in getattr(self, "servers", ()):
+            srv.shutdown()
+            srv.stop(grace)
+        root = logging.getLogger()
+        root.removeHandler(self._handler)
+        root.setLevel(self._saved_level)
+        self._stopped = True
+        return 0
+
+
+class _LineHandler(logging.Handler):
+    """Formatted log lines to a callback, as the CLI's handler writes them."""
+
+    def __init__(self, add):
+        super().__init__()
+        self.add = add
+
+    def emit(self, record):
+        try:
+            self.add(self.format(record))
+        except Exception:            # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+
+class ServerProcess(_Server):
+    """bootcfg started as operators start it, on 127.0.0.1 and a free port."""
+
+    def __init__(self, args, env=None, cwd=None, wrap=()):
+        self.proc = subprocess.Popen(list(wrap) + bootcfg_command() + list(args),
+                                     env=clean_env(env), cwd=cwd or ROOT,
+                                     stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self._start_log()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._found_listening()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self._add_line(line.rstrip("\n"))
+        with self._cond:
+            self._cond.notify_all()
+
+    def running(self):
+        return self.proc.poll() is None or self._reader.is_alive()
+
+    @property
+    def pid(self):
+        return self.proc.pid
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc.poll() is None:

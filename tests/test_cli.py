@@ -8,18 +8,10 @@ import subprocess
 
 import pytest
 
-from helpers import bootcfg_command
+from helpers import run_bootcfg as run
 
-FLAGS = ("address", "data-path", "images-path", "log-level")
-
-
-def run(*args, env=None, cwd=None, timeout=20):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("BOOTCFG_")}
-    if "BOOTCFG_TEST_CMD" in os.environ:
-        full["BOOTCFG_TEST_CMD"] = os.environ["BOOTCFG_TEST_CMD"]
-    full.update(env or {})
-    return subprocess.run(bootcfg_command() + list(args), env=full, cwd=cwd, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+FLAGS = ("address", "data-path", "images-path", "log-level", "workers",
+         "max-connections", "idle-timeout")
 
 
 def test_help_lists_every_flag_and_env():
@@ -147,36 +139,6 @@ def test_signals_stop_cleanly(start_server, data_dir, sig):
     assert s.wait_log(r"stopped", timeout=1)
 
 
-def children_of(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], stdout=subprocess.PIPE, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def test_workers_share_the_port_and_stop_together(start_server, data_dir):
-    from helpers import boot_json, write
-    s = start_server("-data-path", str(data_dir), "-workers", "3")
-    assert s.wait_log("3 worker processes")
-    kids = children_of(s.proc.pid)
-    assert len(kids) == 2
-    for _ in range(60):                      # new connections land on every process
-        status, _, body = s.get("/ipxe?mac=" + "52:54:00:89:d8:10")
-        assert status == 200 and b"tag=mac1" in body
-    write(str(data_dir / "boot/mac/52-54-00-89-D8-10"), boot_json(tag="edited"))
-    import time
-    deadline = time.monotonic() + 2
-    while True:                              # every worker's store sees the edit
-        bodies = {s.get("/ipxe?mac=52:54:00:89:d8:10")[2] for _ in range(30)}
-        if all(b"tag=edited" in b for b in bodies):
-            break
-        assert time.monotonic() < deadline, bodies
-        time.sleep(0.05)
-    assert s.stop(signal.SIGTERM) == 0       # SIGTERM to the parent stops them all
-    for pid in kids:
-        assert not os.path.exists("/proc/%d" % pid) or \
-            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
-    assert s.log().count("stopping") == 1 and "Traceback" not in s.log()
-
-
 def test_workers_must_be_positive(data_dir):
     out = run("-data-path", str(data_dir), "-workers", "0")
     assert out.returncode == 2 and "-workers/--workers: must be a whole number, 1 or more" \
@@ -190,5 +152,59 @@ def test_workers_must_be_positive(data_dir):
 ])
 def test_bad_environment_values_are_one_line_errors(data_dir, env, message):
     out = run("-data-path", str(data_dir), "-address", "127.0.0.1:0", env=env)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _read_head(sock):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_max_connections_reaches_the_server(start_server, data_dir, how):
+    if how == "flag":
+        s = start_server("-data-path", str(data_dir), "-max-connections", "2")
+    else:
+        s = start_server("-data-path", str(data_dir), env={"BOOTCFG_MAX_CONNECTIONS": "2"})
+    held = []
+    for _ in range(2):                 # two connections, each proven served
+        c = socket.create_connection((s.host, s.port), timeout=5)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_head(c).startswith(b"HTTP/1.1 200")
+        held.append(c)
+    extra = socket.create_connection((s.host, s.port), timeout=5)
+    assert _read_head(extra).startswith(b"HTTP/1.1 503")
+    assert s.wait_log(r"refused: 2 connections open \(max_connections\)")
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_idle_timeout_reaches_the_server(start_server, data_dir, how):
+    if how == "flag":
+        s = start_server("-data-path", str(data_dir), "-idle-timeout", "0.3")
+    else:
+        s = start_server("-data-path", str(data_dir), env={"BOOTCFG_IDLE_TIMEOUT": "0.3"})
+    c = socket.create_connection((s.host, s.port), timeout=5)
+    c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _read_head(c).startswith(b"HTTP/1.1 200")
+    import time
+    started = time.monotonic()
+    while c.recv(4096):                # the server closes the idle connection
+        pass
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["-max-connections", "0"], {}, "-max-connections/--max-connections: must be a whole"),
+    ([], {"BOOTCFG_IDLE_TIMEOUT": "soon"}, "-idle-timeout/--idle-timeout: must be a number"),
+    (["-idle-timeout", "-1"], {}, "must be a number of seconds above 0"),
+])
+def test_bad_limit_values_are_one_line_errors(data_dir, args, env, message):
+    out = run("-data-path", str(data_dir), "-address", "127.0.0.1:0", *args, env=env)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr

@@ -22,10 +22,10 @@ def curl():
     return get
 
 
-def test_every_endpoint_with_curl(start_server, data_dir, tmp_path, curl):
+def test_every_endpoint_with_curl(serve, data_dir, tmp_path, curl):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "vmlinuz").write_bytes(b"K" * 1000)
-    s = start_server("-data-path", str(data_dir), "-images-path", str(tmp_path / "images"))
+    s = serve("-data-path", str(data_dir), "-images-path", str(tmp_path / "images"))
     assert curl(s, "/")[0] == 200
     status, _, body = curl(s, "/boot.ipxe")
     assert status == 200 and body.startswith(b"#!ipxe")

@@ -43,7 +43,7 @@ def gnupg(tmp_path):
 
 
 @pytest.fixture
-def mirror(tmp_path, start_server):
+def mirror(tmp_path, serve):
     """Release layout: stable/amd64-usr/{current/version.txt, VERSION/<files>}."""
     root = tmp_path / "mirror"
     rel = root / "stable/amd64-usr"
@@ -53,7 +53,7 @@ def mirror(tmp_path, start_server):
         write(str(rel / VERSION / name), data)
         write(str(rel / VERSION / (name + ".DIGESTS")), digests(name, data))
     (tmp_path / "data").mkdir()
-    server = start_server("-data-path", str(tmp_path / "data"), "-images-path", str(root))
+    server = serve("-data-path", str(tmp_path / "data"), "-images-path", str(root))
     server.release = rel
     server.base = "http://127.0.0.1:%d/images/stable/amd64-usr" % server.port
     return server
@@ -84,13 +84,13 @@ def test_fetch_current_without_gpg(mirror, tmp_path):
     assert again.returncode == 0 and again.stdout.count("already there") == 2
 
 
-def test_example_configs_point_at_fetched_paths(mirror, tmp_path, start_server):
+def test_example_configs_point_at_fetched_paths(mirror, tmp_path, serve):
     """The bundled data/ boots what get-flatcar produces, served through the
     `current` link by bootcfg."""
     import json
     dest = tmp_path / "images"
     assert run(mirror, dest, "--no-gpg").returncode == 0
-    server = start_server("-data-path", os.path.join(ROOT, "data"), "-images-path", str(dest))
+    server = serve("-data-path", os.path.join(ROOT, "data"), "-images-path", str(dest))
     for kind_dir in ("default", "uuid", "mac"):
         base = os.path.join(ROOT, "data/boot", kind_dir)
         paths = [base] if kind_dir == "default" else \

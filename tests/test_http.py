@@ -25,8 +25,8 @@ def images_dir(tmp_path):
 
 
 @pytest.fixture
-def server(start_server, data_dir, images_dir):
-    return start_server("-data-path", str(data_dir), "-images-path", str(images_dir))
+def server(serve, data_dir, images_dir):
+    return serve("-data-path", str(data_dir), "-images-path", str(images_dir))
 
 
 def tags(body):
@@ -301,3 +301,41 @@ def test_access_log_line(server):
     assert server.wait_log(r'"GET /ipxe\?mac=\S+" 200 \d+B .* file=boot/default')
     raw_request(server, b"GET /nope\x01 HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert server.wait_log(r'"GET /nope\\x01" 404')
+
+
+def test_protocol_errors_after_a_routed_request_are_logged_and_counted(server):
+    """On one keep-alive connection: a routed request, then a request line the
+    standard library refuses itself (414). Both answers get an access line and a
+    count (the 414 once went out unlogged and uncounted after a routed request)."""
+    s = socket.create_connection((server.host, server.port), timeout=5)
+    s.sendall(b"GET /ipxe?mac=52:54:00:89:d8:10 HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200")
+    s.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    second = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        second += chunk
+    s.close()
+    assert second.startswith(b"HTTP/1.1 414")
+    assert server.wait_log(r'^.*127\.0\.0\.1 "GET /a{20}.*\.\.\." 414 \d+B [\d.]+ms uuid=- '
+                           r'mac=- file=-$')
+    metrics = server.get("/metrics")[2].decode()
+    assert 'bootcfg_requests_total{route="other",status="414"} 1' in metrics
+    assert 'bootcfg_requests_total{route="/ipxe",status="200"} 1' in metrics
+
+
+@pytest.mark.parametrize("data, status", [
+    (b"GET / HTTP/9.9\r\n\r\n", 505),
+    (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"BREW / HTTP/1.1\r\n\r\n", 405),
+])
+def test_every_refusal_gets_the_same_access_line(server, data, status):
+    raw_request(server, data)
+    assert server.wait_log(r'127\.0\.0\.1 ".+" %d \d+B [\d.]+ms uuid=- mac=- file=-$'
+                           % status)
+    metrics = server.get("/metrics")[2].decode()
+    assert 'route="other",status="%d"} 1' % status in metrics

@@ -26,8 +26,8 @@ def curl(*args):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_https_and_http_side_by_side(start_server, data_dir, cert):
-    s = start_server("-data-path", str(data_dir), "-cert-file", cert[0], "-key-file",
+def test_https_and_http_side_by_side(serve, data_dir, cert):
+    s = serve("-data-path", str(data_dir), "-cert-file", cert[0], "-key-file",
                      cert[1], "-tls-address", "127.0.0.1:0")
     assert s.wait_log(r"listening on https://")
     ports = dict(s.listening())
@@ -37,8 +37,8 @@ def test_https_and_http_side_by_side(start_server, data_dir, cert):
     assert b"tag=mac1" in plain.stdout      # iPXE builds without HTTPS still boot
 
 
-def test_https_only_on_address(start_server, data_dir, cert):
-    s = start_server("-data-path", str(data_dir), "-cert-file", cert[0], "-key-file", cert[1])
+def test_https_only_on_address(serve, data_dir, cert):
+    s = serve("-data-path", str(data_dir), "-cert-file", cert[0], "-key-file", cert[1])
     assert s.scheme == "https" and [p[0] for p in s.listening()] == ["https"]
     out = curl("--cacert", cert[0], "-I", "https://127.0.0.1:%d/" % s.port)
     assert out.returncode == 0 and out.stdout.startswith(b"HTTP/1.1 200")
@@ -50,9 +50,9 @@ def test_https_only_on_address(start_server, data_dir, cert):
     assert "Traceback" not in s.log()
 
 
-def test_tls_below_1_2_refused(start_server, data_dir, cert):
+def test_tls_below_1_2_refused(serve, data_dir, cert):
     openssl = need_tool("openssl", "apt-get install openssl")
-    s = start_server("-data-path", str(data_dir), "-cert-file", cert[0], "-key-file", cert[1])
+    s = serve("-data-path", str(data_dir), "-cert-file", cert[0], "-key-file", cert[1])
     old = subprocess.run([openssl, "s_client", "-connect", "127.0.0.1:%d" % s.port,
                           "-tls1_1"], input=b"", stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, timeout=20)
@@ -68,10 +68,9 @@ def test_tls_below_1_2_refused(start_server, data_dir, cert):
     ("bad-path", "cannot load certificate"),
 ])
 def test_tls_config_errors_are_one_line(data_dir, cert, which, message):
-    from helpers import bootcfg_command
+    from helpers import run_bootcfg
     args = ["-data-path", str(data_dir), "-address", "127.0.0.1:0"]
     args += ["-cert-file", cert[0]] if which == "missing-key" else \
         ["-cert-file", "/nonexistent.pem", "-key-file", cert[1]]
-    out = subprocess.run(bootcfg_command() + args, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, timeout=20)
+    out = run_bootcfg(*args, timeout=20)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

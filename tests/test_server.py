@@ -1,5 +1,5 @@
-"""Server behaviour that needs its limits changed: the BootServer runs in this
-process on a loopback port, with real sockets."""
+"""Server behaviour that needs its limits changed: a BootServer in this process
+on a loopback port, with real sockets, given its limits as a value."""
 
 import http.client
 import socket
@@ -8,17 +8,18 @@ import time
 
 import pytest
 
-import bootcfg
+from _bootcfg import server
+from _bootcfg.answers import Response
+from _bootcfg.app import App, make_store
 
 
 @pytest.fixture
-def serve(data_dir, monkeypatch):
+def serve(data_dir):
     servers = []
 
-    def start(**limits):
-        for key, value in limits.items():
-            monkeypatch.setitem(bootcfg.LIMITS, key, value)
-        srv = bootcfg.BootServer(("127.0.0.1", 0), bootcfg.make_store(str(data_dir)))
+    def start(app=None, **limits):
+        app = app or App(make_store(str(data_dir)))
+        srv = server.BootServer(server.listen(("127.0.0.1", 0)), app, limits)
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
         servers.append(srv)
@@ -28,6 +29,14 @@ def serve(data_dir, monkeypatch):
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+def test_limits_are_a_value_not_shared_state(serve):
+    a, b = serve(max_connections=3), serve()
+    assert a.limits["max_connections"] == 3
+    assert b.limits["max_connections"] == server.LIMITS["max_connections"]
+    with pytest.raises(TypeError):
+        server.LIMITS["max_connections"] = 1     # the table of defaults is read-only
 
 
 def connect(srv):
@@ -57,7 +66,7 @@ def closed_within(sock, seconds):
 
 
 def test_idle_keep_alive_connection_closed(serve):
-    srv = serve(idle_timeout=0.5)
+    srv = serve(idle_timeout=0.2)
     s = connect(srv)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_response(s).startswith(b"HTTP/1.1 200")
@@ -65,7 +74,7 @@ def test_idle_keep_alive_connection_closed(serve):
 
 
 def test_stalled_request_closed(serve):
-    srv = serve(idle_timeout=0.5)
+    srv = serve(idle_timeout=0.2)
     s = connect(srv)
     s.sendall(b"GET / HTTP/1.1\r\nHo")
     assert closed_within(s, 3)
@@ -73,13 +82,13 @@ def test_stalled_request_closed(serve):
 
 def test_nagle_off(serve, monkeypatch):
     seen = []
-    setup = bootcfg.Handler.setup
+    setup = server.Handler.setup
 
     def recording_setup(self):
         setup(self)
         seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(bootcfg.Handler, "setup", recording_setup)
+    monkeypatch.setattr(server.Handler, "setup", recording_setup)
     srv = serve()
     c = http.client.HTTPConnection(*srv.server_address[:2], timeout=5)
     c.request("GET", "/")
@@ -107,13 +116,17 @@ def test_connection_limit_answers_503(serve):
     assert read_response(c).startswith(b"HTTP/1.1 200")
 
 
-def test_stop_lets_in_flight_requests_finish(serve, monkeypatch):
-    def slow(req):
-        time.sleep(0.8)
-        return bootcfg.Response(body=b"finished\n")
+def test_stop_lets_in_flight_requests_finish(serve, data_dir):
+    started = threading.Event()
 
-    monkeypatch.setitem(bootcfg.ROUTES, "/slow", slow)
-    srv = serve()
+    def slow(req):
+        started.set()
+        time.sleep(0.8)
+        return Response(body=b"finished\n")
+
+    app = App(make_store(str(data_dir)))
+    app.routes["/slow"] = slow
+    srv = serve(app)
     result = {}
 
     def client():
@@ -124,8 +137,7 @@ def test_stop_lets_in_flight_requests_finish(serve, monkeypatch):
 
     t = threading.Thread(target=client)
     t.start()
-    while srv.busy == 0:
-        time.sleep(0.01)
+    assert started.wait(5)
     srv.shutdown()
     srv.stop(grace=5)
     t.join(5)

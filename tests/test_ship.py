@@ -21,10 +21,34 @@ UNITS = os.path.join(ROOT, "contrib", "systemd")
 
 
 def runtime_modules():
+    """Every runtime file setup.cfg installs, as absolute paths."""
     import configparser
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
-    return [os.path.join(ROOT, m + ".py") for m in cfg["options"]["py_modules"].split()]
+    files = [os.path.join(ROOT, m + ".py") for m in cfg["options"]["py_modules"].split()]
+    for package in cfg["options"]["packages"].split():
+        files += sorted(glob.glob(os.path.join(ROOT, package, "*.py")))
+    return files
+
+
+def module_name(path):
+    rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def imports_of(path):
+    """The modules a file imports, by full name (`from _bootcfg import app` counts
+    as _bootcfg.app)."""
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {node.module + "." + a.name for a in node.names}
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +78,65 @@ def test_single_file_runs_alone(single_file, tmp_path):
     assert out.stdout.startswith("bootcfg ")
     import zipfile
     names = set(zipfile.ZipFile(lone).namelist())
-    assert names == {"__main__.py"} | {os.path.basename(m) for m in runtime_modules()}
+    assert names == {"__main__.py"} | {os.path.relpath(m, ROOT) for m in runtime_modules()}
 
 
 def test_every_runtime_module_is_shipped():
-    shipped = {os.path.basename(m) for m in runtime_modules()}
-    top = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py"))}
-    assert top == shipped, "a top-level module is missing from setup.cfg py_modules"
+    shipped = {os.path.relpath(m, ROOT) for m in runtime_modules()}
+    on_disk = {os.path.relpath(p, ROOT) for p in
+               glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "_*", "*.py"))}
+    assert on_disk == shipped, "a runtime module is missing from setup.cfg"
+    # the card's three top-level modules, and one private package for the rest
+    assert {m for m in shipped if "/" not in m} == {"bootcfg.py", "store.py", "render.py"}
+
+
+def test_import_graph():
+    """The seams, by what each module imports: the server knows no app, store or
+    renderer; store and render know neither the server nor the app; only the CLI
+    imports the CLI; nothing outside the CLI starts from a tool."""
+    graph = {module_name(p): imports_of(p) for p in runtime_modules()}
+    app_side = {"store", "render", "_bootcfg.app", "_bootcfg.images", "_bootcfg.check",
+                "_bootcfg.explain", "_bootcfg.metrics"}
+    assert not graph["_bootcfg.server"] & (app_side | {"bootcfg"}), graph["_bootcfg.server"]
+    for pure in ("store", "render"):
+        assert not {m for m in graph[pure] if m.startswith(("_bootcfg", "bootcfg"))}, \
+            (pure, graph[pure])
+    for name, imported in graph.items():
+        if name != "bootcfg":
+            assert "bootcfg" not in imported, "%s imports the CLI" % name
+    for name in ("_bootcfg.app", "_bootcfg.answers", "_bootcfg.images"):
+        assert "_bootcfg.server" not in graph[name], "%s imports the HTTP server" % name
+    assert "_bootcfg.app" in graph["_bootcfg.explain"] or \
+        "_bootcfg.answers" in graph["_bootcfg.explain"]
+
+
+def test_pip_install_puts_only_the_card_and_one_package(tmp_path):
+    """`pip install .` into a target directory: the three top-level modules, the
+    private package, and pip's metadata; nothing named like other projects."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, str(src), ignore=shutil.ignore_patterns(
+        ".git", ".venv*", ".cache", "dist", "build", "*.egg-info", "__pycache__", "tests",
+        "bench"))
+    target = tmp_path / "site"
+    try:    # both here: build with them instead of fetching them into a fresh env
+        import setuptools  # noqa: F401
+        import wheel  # noqa: F401
+        isolation = ["--no-build-isolation"]
+    except ImportError:
+        isolation = []
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                          "--no-compile"] + isolation + ["--target", str(target), str(src)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert out.returncode == 0, out.stdout
+    top = {n for n in os.listdir(str(target)) if not n.endswith(".dist-info")}
+    assert top == {"bootcfg.py", "store.py", "render.py", "_bootcfg", "bin"}, top
+    assert sorted(os.listdir(str(target / "_bootcfg"))) == sorted(
+        os.path.basename(m) for m in runtime_modules() if "/_bootcfg/" in m)
+    run = subprocess.run([sys.executable, "-c", "import bootcfg, sys; "
+                          "sys.exit(bootcfg.main(['--version']))"],
+                         env=dict(os.environ, PYTHONPATH=str(target)), cwd=str(tmp_path),
+                         stdout=subprocess.PIPE, text=True)
+    assert run.stdout.startswith("bootcfg ")
 
 
 @pytest.mark.parametrize("path", runtime_modules(), ids=os.path.basename)
@@ -71,7 +147,7 @@ def test_runtime_code_parses_as_python_3_8(path):
 
 @pytest.mark.parametrize("path", runtime_modules(), ids=os.path.basename)
 def test_runtime_imports_only_stdlib(path):
-    local = {os.path.basename(m)[:-3] for m in runtime_modules()}
+    local = {module_name(m).split(".")[0] for m in runtime_modules()}
     stdlib = getattr(sys, "stdlib_module_names", None)
     if stdlib is None:
         pytest.skip("sys.stdlib_module_names needs Python 3.10+")
@@ -248,7 +324,7 @@ def test_ready_and_stopping_notifications(data_dir, tmp_path):
 
 
 def test_notify_abstract_socket():
-    import systemd_integration
+    from _bootcfg import systemd as systemd_integration
     name = "bootcfg-test-%d" % os.getpid()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("\0" + name)
@@ -273,7 +349,7 @@ def test_notify_abstract_socket():
 
 
 def test_listen_fds_for_another_process_are_ignored(monkeypatch):
-    import systemd_integration
+    from _bootcfg import systemd as systemd_integration
     monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
     monkeypatch.setenv("LISTEN_FDS", "1")
     assert systemd_integration.listen_sockets() == []

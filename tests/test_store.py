@@ -7,7 +7,7 @@ import time
 import pytest
 
 import store
-from helpers import MAC1, UUID1, boot_json, write, write_atomic
+from helpers import MAC1, UUID1, boot_json, settle, write, write_atomic
 from render import parse_boot_config
 from store import FileStore, LoadError, parse_mac, parse_uuid
 
@@ -54,7 +54,11 @@ def test_parse_uuid_refuses(text):
         parse_uuid(text)
 
 
-def make_store(root, **limits):
+def make_store(root, settled=True, **limits):
+    """A store on `root`; the files written so far are dated back (settled)
+    unless `settled` is False, so only what a test writes afterwards is fresh."""
+    if settled:
+        settle(root)
     return FileStore(str(root), {"boot": parse_boot_config, "cloud": None}, limits)
 
 
@@ -137,11 +141,10 @@ def test_lookups_do_not_list_directories(tmp_path, monkeypatch):
     for i in range(300):
         write(str(tmp_path / "boot/mac" / ("52-54-00-00-%02x-%02x" % (i // 256, i % 256))),
               boot_json(tag=str(i)))
-    s = make_store(tmp_path)
+    s = make_store(tmp_path)   # directories dated back: past the racy window
     calls = []
     real = os.scandir
     monkeypatch.setattr(os, "scandir", lambda p: calls.append(p) or real(p))
-    time.sleep(1.1)   # past the racy window: the index is trusted from now on
     s.lookup("boot", None, "52:54:00:00:00:01")
     calls.clear()
     for i in range(300):
@@ -251,8 +254,10 @@ def test_fresh_file_waits_to_settle(tmp_path):
     """A new file with no good version yet is read once it stops changing."""
     path = str(tmp_path / "boot/default")
     write(path, boot_json(tag="new"))
-    s = make_store(tmp_path)
+    s = make_store(tmp_path, settled=False)
+    started = time.monotonic()
     assert tag(s.lookup("boot").match) == "new"
+    assert time.monotonic() - started >= 0.1     # it waited for the file to settle
 
 
 def test_deleted_file_falls_through(tmp_path):

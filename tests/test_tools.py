@@ -8,13 +8,11 @@ import time
 
 import pytest
 
-from helpers import MAC1, ROOT, UUID1, bootcfg_command, boot_json, need_tool, write
+from helpers import MAC1, ROOT, UUID1, boot_json, need_tool, run_bootcfg, write
 
 
-def bootcfg(*args, cwd=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOTCFG_")}
-    return subprocess.run(bootcfg_command() + list(args), cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+def bootcfg(*args):
+    return run_bootcfg(*args, text=False)
 
 
 # ---------------------------------------------------------------- check
@@ -112,10 +110,10 @@ def test_check_warnings_only_exit_0(tmp_path):
     assert out.returncode == 0 and b": warning: " in out.stdout
 
 
-def test_check_agrees_with_server(broken, start_server):
+def test_check_agrees_with_server(broken, serve):
     """Every file check calls an error the server refuses too (500 or never matched)."""
     d, img = broken
-    server = start_server("-data-path", str(d), "-images-path", str(img))
+    server = serve("-data-path", str(d), "-images-path", str(img))
     for mac in ("52:54:00:00:00:0%d" % i for i in range(1, 6)):
         assert server.get("/ipxe?mac=" + mac)[0] == 500, mac
 
@@ -134,9 +132,9 @@ MACHINES = [
 
 
 @pytest.mark.parametrize("uuid, mac", MACHINES)
-def test_explain_matches_server_byte_for_byte(start_server, uuid, mac):
+def test_explain_matches_server_byte_for_byte(serve, uuid, mac):
     data = os.path.join(ROOT, "data")
-    server = start_server("-data-path", data)
+    server = serve("-data-path", data)
     from urllib.parse import quote
     qs = "uuid=%s&mac=%s" % (quote(uuid), quote(mac))
     paths = {"ipxe": "/ipxe?" + qs, "cloud": "/cloud?" + qs}
@@ -177,8 +175,8 @@ def test_explain_invalid_file(data_dir):
 
 # ---------------------------------------------------------------- logs
 
-def test_json_logs(start_server, data_dir):
-    s = start_server("-data-path", str(data_dir), "-log-format", "json")
+def test_json_logs(serve, data_dir):
+    s = serve("-data-path", str(data_dir), "-log-format", "json")
     s.get("/ipxe?uuid=%s&mac=%s" % (UUID1, MAC1))
     s.get("/cloud?mac=52:54:00:00:00:99")
     path = str(data_dir / "boot/mac" / "52:54:00:00:00:42")
@@ -199,8 +197,8 @@ def test_json_logs(start_server, data_dir):
     assert all(r["time"].endswith("Z") for r in records)
 
 
-def test_log_format_from_env(start_server, data_dir):
-    s = start_server("-data-path", str(data_dir), env={"BOOTCFG_LOG_FORMAT": "json"})
+def test_log_format_from_env(serve, data_dir):
+    s = serve("-data-path", str(data_dir), env={"BOOTCFG_LOG_FORMAT": "json"})
     s.get("/")
     assert s.wait_log(r'^\{"time"')
 
@@ -214,9 +212,9 @@ def metric(text, name, **labels):
     return float(m.group(1)) if m else 0.0
 
 
-def test_metrics_parse_and_move(start_server, data_dir):
+def test_metrics_parse_and_move(serve, data_dir):
     promtool = need_tool("promtool", "apt-get install prometheus")
-    s = start_server("-data-path", str(data_dir))
+    s = serve("-data-path", str(data_dir))
     before = s.get("/metrics")[2].decode()
     for _ in range(3):
         s.get("/ipxe?mac=" + MAC1)

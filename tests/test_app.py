@@ -1,12 +1,12 @@
-"""bootcfg.dispatch with a small fake store: which store outcome becomes which
-status, and which machine keys reach the store."""
-
-import types
+"""The App with a small fake store: which store outcome becomes which status, and
+which machine keys reach the store. No server: the app is called directly, as
+the server calls it."""
 
 import pytest
 
-import bootcfg
-import metrics
+from _bootcfg.answers import Request, Response
+from _bootcfg.app import App
+from _bootcfg.server import split_target
 from helpers import MAC1, UUID1
 from render import BootConfig
 from store import LoadError, Lookup, Match
@@ -30,13 +30,15 @@ class FakeStore:
             return Lookup(None, (), LoadError("%s/uuid/x" % kind, "invalid JSON"))
         return Lookup(None, ())
 
+    def stats(self):
+        return {"load_errors_total": 0, "stale": 0}
 
-def run(path, outcome="match"):
-    target_path, query = bootcfg.split_target(path)
-    server = types.SimpleNamespace(store=FakeStore(outcome), images_root=None,
-                                   metrics=metrics.Metrics("test"))
-    resp = bootcfg.dispatch(bootcfg.Request("GET", target_path, query, {}, server))
-    return resp, server.store.asked
+
+def run(path, outcome="match", app=None):
+    target_path, query = split_target(path)
+    app = app or App(FakeStore(outcome))
+    resp = app(Request("GET", target_path, query, {}, "192.0.2.1"))
+    return resp, app.store.asked
 
 
 @pytest.mark.parametrize("path, outcome, status", [
@@ -95,12 +97,39 @@ def test_500_names_file_not_reason():
     assert b"boot/uuid/x" in resp.body and resp.matched.startswith("boot/uuid/x")
 
 
-def test_internal_error_is_500_not_a_crash(monkeypatch):
+def test_internal_error_is_500_not_a_crash():
+    app = App(FakeStore("match"))
+
     def boom(req):
         raise RuntimeError("bug")
-    monkeypatch.setitem(bootcfg.ROUTES, "/", boom)
-    resp, _ = run("/")
-    assert resp.status == 500 and b"Traceback" not in resp.body
+    app.routes["/"] = boom
+    resp, _ = run("/", app=app)
+    assert resp.status == 500 and b"Traceback" not in resp.body and resp.route == "/"
+
+
+def test_route_names_for_metrics():
+    for path, route in [("/ipxe?mac=x", "/ipxe"), ("/images/a/b", "/images/"),
+                        ("/pixiecore/v1/boot/" + MAC1, "/pixiecore/v1/boot/"),
+                        ("/nope", "other")]:
+        assert run(path)[0].route == route
+
+
+def test_metrics_through_the_app_count_what_the_server_records():
+    app = App(FakeStore("match"))
+    app.connection(+1)
+    resp, _ = run("/ipxe", app=app)
+    app.record(resp, resp.length)
+    page, _ = run("/metrics", app=app)
+    text = page.body.decode()
+    assert 'bootcfg_requests_total{route="/ipxe",status="200"} 1' in text
+    assert "bootcfg_open_connections 1" in text
+    assert "bootcfg_worker_restarts_total 0" in text
+
+
+def test_a_new_endpoint_is_one_route_entry():
+    app = App(FakeStore("match"))
+    app.routes["/hello"] = lambda req: Response(body=b"hi\n")
+    assert run("/hello", app=app)[0].body == b"hi\n"
 
 
 @pytest.mark.parametrize("target, path, query", [
@@ -109,9 +138,11 @@ def test_internal_error_is_500_not_a_crash(monkeypatch):
     ("/p%2Fq", "/p%2Fq", {}),
 ])
 def test_split_target(target, path, query):
-    assert bootcfg.split_target(target) == (path, query)
+    assert split_target(target) == (path, query)
 
 
 def test_split_target_refuses_garbage():
-    with pytest.raises(ValueError):
-        bootcfg.split_target("*")
+    from _bootcfg.answers import Refusal
+    with pytest.raises(Refusal) as e:
+        split_target("*")
+    assert e.value.status == 400
