@@ -2,12 +2,19 @@
 """bootcfg against nginx serving the identical bytes, same machine, same run.
 
     python3 bench/versus_nginx.py [--seconds 5] [--skip images,storm]
+    python3 bench/versus_nginx.py --baseline REV [--machines 10] [--skip images,storm,memory]
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light). Prints tables:
 config endpoints at 1/10/100 keep-alive connections (requests/s, p99, ratio to
 nginx), a 300 MB image to 8 clients (throughput, server CPU-seconds per GB), a boot
 storm of 2,000 simulated machines 200 at a time, memory, and start-up time of the
 single file. Not a test: the figures depend on the machine and its load.
+
+With --baseline REV (any git revision: a commit, a tag, HEAD~3) the revision is
+exported to a temporary directory and benched in the same run, each measurement
+right after the current code's, so a change reports before/after figures that
+shared the machine's conditions: the config table gains the baseline's req/s, p99
+and the ratio current/baseline.
 """
 
 import argparse
@@ -72,6 +79,18 @@ def rss_kib(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def export_revision(rev, work):
+    """A checkout of `rev` (git archive) under `work`; its bootcfg command."""
+    dest = os.path.join(work, "baseline")
+    os.makedirs(dest)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", rev],
+                             stdout=subprocess.PIPE, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", rev],
+                            stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    return [sys.executable, os.path.join(dest, "bootcfg.py")], commit
 
 
 class Bootcfg:
@@ -175,12 +194,13 @@ def make_data(work, machines):
     return data
 
 
-def config_endpoints(work, seconds, images, workers):
+def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 10000, 100000)):
+    """`baseline`: (command, label) of another build benched in the same run."""
     paths = {"/ipxe": "/ipxe?uuid=%s&mac=%s" % (UUID, MAC),
              "/pixiecore": "/pixiecore/v1/boot/" + MAC,
              "/cloud": "/cloud?mac=" + MAC}
     rows = []
-    for machines in (10, 10000, 100000) if not os.environ.get("BENCH_QUICK") else (10,):
+    for machines in sizes if not os.environ.get("BENCH_QUICK") else (10,):
         mwork = tempfile.mkdtemp(dir=work)
         data = make_data(mwork, machines)
         static = os.path.join(mwork, "static")
@@ -198,25 +218,47 @@ def config_endpoints(work, seconds, images, workers):
             if w != 1:
                 b.stop()
                 b = Bootcfg(data, images, workers=w)
+            old = Bootcfg(data, images, cmd=baseline[0], workers=w) if baseline else None
+            if old is not None:
+                for path in paths.values():     # the baseline answers the same
+                    assert get(old.port, path)[0] == 200, path
             conns_list = (1, 10, 100) if machines == 10 else (10,)
             for name, path in paths.items():
                 for conns in conns_list:
                     ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
+                    before = wrk("http://127.0.0.1:%d%s" % (old.port, path), conns,
+                                 seconds) if old else None
                     ref = wrk("http://127.0.0.1:%d/%s" % (n.port, name.strip("/")), conns,
                               seconds)
-                    rows.append((machines, w, name, conns, ours, ref))
+                    rows.append((machines, w, name, conns, ours, before, ref))
+            if old is not None:
+                old.stop()
         b.stop()
         n.stop()
     print("\n## Config endpoints (wrk, keep-alive, %ds each; nginx with %d workers)\n"
           % (seconds, os.cpu_count()))
-    print("| machines | bootcfg -workers | endpoint | conns | bootcfg req/s | p99 ms "
-          "| nginx req/s | p99 ms | ratio |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    for machines, w, name, conns, ours, ref in rows:
-        print("| %d | %d | %s | %d | %.0f | %.2f | %.0f | %.2f | %.2fx |" % (
-            machines, w, name, conns, ours["rps"], ours["p99_ms"], ref["rps"],
-            ref["p99_ms"], ours["rps"] / ref["rps"]))
+    if baseline:
+        print("baseline: %s, benched right after the current code in each row\n"
+              % baseline[1])
+        print("| machines | bootcfg -workers | endpoint | conns | bootcfg req/s | p99 ms "
+              "| baseline req/s | p99 ms | vs baseline | nginx req/s | vs nginx |")
+        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    else:
+        print("| machines | bootcfg -workers | endpoint | conns | bootcfg req/s | p99 ms "
+              "| nginx req/s | p99 ms | ratio |")
+        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for machines, w, name, conns, ours, before, ref in rows:
+        if before:
+            print("| %d | %d | %s | %d | %.0f | %.2f | %.0f | %.2f | %.2fx | %.0f | %.2fx |"
+                  % (machines, w, name, conns, ours["rps"], ours["p99_ms"], before["rps"],
+                     before["p99_ms"], ours["rps"] / before["rps"], ref["rps"],
+                     ours["rps"] / ref["rps"]))
+        else:
+            print("| %d | %d | %s | %d | %.0f | %.2f | %.0f | %.2f | %.2fx |" % (
+                machines, w, name, conns, ours["rps"], ours["p99_ms"], ref["rps"],
+                ref["p99_ms"], ours["rps"] / ref["rps"]))
         assert ours["errors"] == 0 and ref["errors"] == 0
+        assert before is None or before["errors"] == 0
 
 
 def image_throughput(work, seconds):
@@ -354,6 +396,10 @@ def main():
     ap.add_argument("--skip", default="", help="comma list of: config,images,storm,memory")
     ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
                     help="bootcfg -workers for the multi-process rows (default 2 per CPU)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also bench this git revision, in the same run (config rows)")
+    ap.add_argument("--machines", default="10,10000,100000",
+                    help="comma list of data sizes for the config rows")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool):
@@ -363,8 +409,10 @@ def main():
     print("# bootcfg benchmark: %s, %d CPUs, Python %s" % (
         os.uname().machine, os.cpu_count(), sys.version.split()[0]))
     with tempfile.TemporaryDirectory() as work:
+        baseline = export_revision(args.baseline, work) if args.baseline else None
         if "config" not in skip:
-            config_endpoints(work, args.seconds, work, args.workers)
+            config_endpoints(work, args.seconds, work, args.workers, baseline,
+                             tuple(int(m) for m in args.machines.split(",")))
         if "images" not in skip:
             image_throughput(work, args.seconds)
         if "storm" not in skip:
