@@ -85,14 +85,14 @@ def positive_seconds(text):
 
 ABOUT = {
     "serve": "Network-boot config server: answers iPXE and Pixiecore with the boot "
-             "config and cloud-config for each machine (by UUID, then MAC, then "
-             "default) from a data directory. Also: `bootcfg check` validates a "
+             "config, cloud-config and Ignition config for each machine (by UUID, then "
+             "MAC, then default) from a data directory. Also: `bootcfg check` validates a "
              "data directory, `bootcfg explain` shows what one machine would get.",
     "check": "Validate a data directory as the server reads it; one line per "
              "finding (path:line:col: error|warning: message). Exit 1 on errors.",
     "explain": "Show where bootcfg looks for one machine's configs, what it finds, "
-               "and the exact iPXE script, Pixiecore JSON and cloud-config it "
-               "would answer.",
+               "and the exact iPXE script, Pixiecore JSON, cloud-config and Ignition "
+               "config it would answer.",
 }
 
 
@@ -156,7 +156,7 @@ def build_parser(command="serve"):
         p.add_argument("-mac", "--mac", default="", help="the machine's MAC address")
         p.add_argument("-platform", "--platform", choices=("efi", "pcbios"),
                        help="the firmware, as iPXE's ${platform} reports it")
-        p.add_argument("-show", "--show", choices=("ipxe", "pixiecore", "cloud"),
+        p.add_argument("-show", "--show", choices=("ipxe", "pixiecore", "cloud", "ignition"),
                        help="print only that answer's body, byte for byte")
     p.add_argument("-version", "--version", action="version",
                    version="bootcfg %s" % __version__)

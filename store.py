@@ -1,6 +1,7 @@
-"""FileStore: finds a machine's boot or cloud config in the data directory.
+"""FileStore: finds a machine's boot, cloud or Ignition config in the data directory.
 
     <root>/<kind>/uuid/<uuid>   <root>/<kind>/mac/<mac>   <root>/<kind>/default
+    <root>/<kind>/shared/<name>                  (fragments several machines use)
 
 Lookups go uuid -> mac -> default, and the first file that exists decides. Each
 uuid/ and mac/ directory has an in-memory index from canonical key to file name,
@@ -25,7 +26,7 @@ from urllib.parse import unquote
 
 log = logging.getLogger("bootcfg.store")
 
-KINDS = ("boot", "cloud")
+KINDS = ("boot", "cloud", "ignition")
 
 # Every tunable of the store, with why its default is safe.
 STORE_LIMITS = {
@@ -46,11 +47,14 @@ STORE_LIMITS = {
     # read in between would take an empty file for a settled one.
     "recheck_seconds": 0.002,
     # Config files are small; refusing big ones protects memory from an image
-    # copied into the wrong directory.
+    # copied into the wrong directory. Ignition configs carry whole files as data
+    # URLs (binaries, certificates), so they may be far bigger.
     "max_file_bytes": 4 << 20,
+    "max_ignition_bytes": 32 << 20,
     # Parsed configs and cloud-config bytes kept in memory. At 100,000 machines the
     # whole fleet may not fit; least recently used entries are dropped and read
-    # again when next asked for.
+    # again when next asked for. The last good copy of a file that is currently
+    # unusable is never dropped: it is the only copy there is.
     "cache_bytes": 64 << 20,
 }
 
@@ -150,7 +154,7 @@ class FileStore:
                     continue
                 rel = "%s/%s/%s" % (kind, how, name)
             try:
-                value, stale, problem = self.load(rel, self.parsers[kind])
+                value, stale, problem = self.load(rel, self.parsers[kind], kind)
             except FileNotFoundError:
                 trail.append(Step(how, rel, "missing"))
                 continue
@@ -160,6 +164,24 @@ class FileStore:
             trail.append(Step(how, rel, "stale" if stale else "matched", problem))
             return Lookup(Match(rel, how, value, stale), tuple(trail))
         return Lookup(None, tuple(trail))
+
+    def shared(self, kind, name):
+        """A named fragment, <kind>/shared/<name>: a Lookup with one step. `name` is
+        a plain file name; anything else (a path, '..', a dot file) is ValueError."""
+        if not name or name.startswith(".") or name.endswith("~") or \
+                any(c in name for c in "/\\\0") or len(name) > 255:
+            raise ValueError("not a fragment name: %s" % _short(name))
+        rel = "%s/shared/%s" % (kind, name)
+        try:
+            value, stale, problem = self.load(rel, self.parsers[kind], kind)
+        except FileNotFoundError:
+            return Lookup(None, (Step("shared", rel, "missing"),))
+        except NotADirectoryError:
+            return Lookup(None, (Step("shared", rel, "missing"),))
+        except LoadError as e:
+            return Lookup(None, (Step("shared", rel, "invalid", e.reason),), e)
+        return Lookup(Match(rel, "shared", value, stale),
+                      (Step("shared", rel, "stale" if stale else "matched", problem),))
 
     def stats(self):
         """Counts for /metrics: load errors seen, files served from a last good copy."""
@@ -173,7 +195,7 @@ class FileStore:
         file names that were skipped and why (for `check`)."""
         return self._indexes[kind, how].snapshot()
 
-    def load(self, rel, parse):
+    def load(self, rel, parse, kind="boot"):
         """(value, stale, problem) for one file. Raises FileNotFoundError when it
         does not exist, LoadError when it never parsed."""
         path = os.path.join(self.root, rel)
@@ -185,15 +207,18 @@ class FileStore:
             except KeyError:  # dropped by another thread just now
                 pass
             return entry.result(rel)
-        return self._reload(rel, path, parse, entry)
+        return self._reload(rel, path, parse, entry, self.max_bytes(kind))
 
-    def _reload(self, rel, path, parse, old):
+    def max_bytes(self, kind):
+        """The largest file of `kind` the store reads."""
+        return self.limits["max_ignition_bytes" if kind == "ignition" else "max_file_bytes"]
+
+    def _reload(self, rel, path, parse, old, max_bytes):
         settle = self.limits["settle_seconds"]
         deadline = time.monotonic() + self.limits["settle_wait_seconds"]
         while True:
             try:
-                data, st = read_whole(path, self.limits["max_file_bytes"],
-                                      self.limits["recheck_seconds"])
+                data, st = read_whole(path, max_bytes, self.limits["recheck_seconds"])
             except OSError as e:
                 if isinstance(e, FileNotFoundError):
                     raise
@@ -229,9 +254,8 @@ class FileStore:
                 self._cached_bytes -= current.size
             self._cache[rel] = entry
             self._cached_bytes += entry.size
-            while self._cached_bytes > self.limits["cache_bytes"] and len(self._cache) > 1:
-                _, dropped = self._cache.popitem(last=False)
-                self._cached_bytes -= dropped.size
+            if self._cached_bytes > self.limits["cache_bytes"]:
+                self._evict(keep=rel)
             if current is not None and current.sig == entry.sig:
                 return  # another thread read the same version and logged it
         if entry.error is not None:
@@ -243,10 +267,28 @@ class FileStore:
             else:
                 log.warning("%s: %s; machines it matches get 500 until it is fixed",
                             full, entry.error, extra={"fields": fields})
-        elif old is not None and old.error is not None:
+        else:
+            for where, warning in getattr(entry.good, "warnings", ()):
+                log.warning("%s: %s: %s (served anyway)", full, where, warning,
+                            extra={"fields": {"file": full, "reason": warning}})
+        if entry.error is None and old is not None and old.error is not None:
             log.info("%s: fixed, serving the new version", full)
-        elif old is not None:
+        elif entry.error is None and old is not None:
             log.info("%s: changed, serving the new version", full)
+
+
+    def _evict(self, keep):
+        """Drop least recently used entries until the cache fits, never `keep` (just
+        read) and never a pinned one: the last good copy of a file that is now
+        unusable exists nowhere else. Called with the lock held."""
+        for rel in list(self._cache):
+            if self._cached_bytes <= self.limits["cache_bytes"]:
+                return
+            entry = self._cache[rel]
+            if rel == keep or entry.pinned:
+                continue
+            del self._cache[rel]
+            self._cached_bytes -= entry.size
 
 
 class _Entry:
@@ -254,6 +296,10 @@ class _Entry:
 
     def __init__(self, sig, error, good, size):
         self.sig, self.error, self.good, self.size = sig, error, good, size
+
+    @property
+    def pinned(self):
+        return self.error is not None and self.good is not None
 
     def result(self, rel):
         if self.error is None:

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 import render
 import store
-from _bootcfg import __version__, images, metrics
+from _bootcfg import __version__, ignition, images, metrics
 from _bootcfg.answers import Refusal, Response, printable, refused
 
 log = logging.getLogger("bootcfg")
@@ -25,7 +25,8 @@ log = logging.getLogger("bootcfg")
 IDENTITY = ("bootcfg %s\n" % __version__).encode()
 
 # The parse function of each kind of config the store serves (None: bytes as-is).
-PARSERS = {"boot": render.parse_boot_config, "cloud": None}
+PARSERS = {"boot": render.parse_boot_config, "cloud": None,
+           "ignition": ignition.parse_ignition}
 
 # Rendering is pure, so a config renders once until it changes (a changed file
 # parses to a new BootConfig, which is a new key).
@@ -50,10 +51,12 @@ class App:
             "/boot.ipxe.0": self.chainload,     # old dnsmasq proxy-DHCP appends ".0"
             "/ipxe": self.ipxe,
             "/cloud": self.cloud,
+            "/ignition": self.ignition,
             "/metrics": self.metrics_page,
         }
         self.prefix_routes = (
             ("/pixiecore/v1/boot/", self.pixiecore),
+            ("/ignition/shared/", self.ignition_shared),
             ("/images/", self.image),
         )
 
@@ -111,6 +114,30 @@ class App:
         uuid, mac = machine_from_query(req.query)
         match = self.lookup("cloud", uuid, mac)
         return Response(body=match.value, matched=match.path, machine=(uuid or "", mac or ""))
+
+    def ignition(self, req):
+        uuid, mac = machine_from_query(req.query)
+        match = self.lookup("ignition", uuid, mac)
+        return Response(body=match.value.data, content_type=ignition.CONTENT_TYPE,
+                        matched=match.path, machine=(uuid or "", mac or ""))
+
+    def ignition_shared(self, req):
+        name = unquote(req.path[len("/ignition/shared/"):])
+        try:
+            found = self.store.shared("ignition", name)
+        except ValueError as e:
+            raise Refusal("bad request", str(e)) from None
+        self.metrics.lookup("ignition", "shared" if found.match else
+                            "invalid" if found.error else "none")
+        if found.error is not None:
+            raise Refusal("invalid config",
+                          "%s cannot be used; the server log says why" % found.error.path,
+                          matched=found.error.path + " (invalid)")
+        if found.match is None:
+            raise Refusal("not found", "no shared Ignition fragment ignition/shared/%s"
+                          % name, matched="no match")
+        return Response(body=found.match.value.data, content_type=ignition.CONTENT_TYPE,
+                        matched=found.match.path)
 
     def pixiecore(self, req):
         raw = unquote(req.path[len("/pixiecore/v1/boot/"):])

@@ -11,9 +11,11 @@ import json
 import os
 from typing import NamedTuple, Optional
 
+from urllib.parse import urlsplit
+
 import render
 import store
-from _bootcfg import images
+from _bootcfg import ignition, images
 from _bootcfg.answers import Refusal
 
 KNOWN = {"uuid", "mac", "default"}
@@ -47,14 +49,20 @@ def check(app):
                 found.append(Finding(kind_dir, None, None, "warning",
                                      "no boot/ directory: every machine gets 404"))
             continue
+        known = KNOWN | ({"shared"} if kind == "ignition" else set())
         for entry in sorted(os.listdir(kind_dir)):
-            if entry not in KNOWN and not entry.startswith("."):
+            if entry not in known and not entry.startswith("."):
                 found.append(Finding(os.path.join(kind_dir, entry), None, None, "warning",
-                                     "not a place bootcfg looks (only uuid/, mac/ and "
-                                     "default are read)"))
+                                     "not a place bootcfg looks (only %s are read)"
+                                     % ", ".join(sorted(known))))
         default = os.path.join(kind_dir, "default")
         if os.path.lexists(default):
             found += check_file(kind, default, images_root)
+        shared_dir = os.path.join(kind_dir, "shared")
+        if kind == "ignition" and os.path.isdir(shared_dir):
+            for name in sorted(os.listdir(shared_dir)):
+                if not name.startswith(".") and not name.endswith("~"):
+                    found += check_file(kind, os.path.join(shared_dir, name), images_root)
         for how in ("uuid", "mac"):
             how_dir = os.path.join(kind_dir, how)
             if not os.path.isdir(how_dir):
@@ -85,6 +93,8 @@ def check_file(kind, path, images_root):
             return [Finding(path, 1, 1, "warning",
                             "starts with neither #cloud-config nor #! (served as is)")]
         return []
+    if kind == "ignition":
+        return check_ignition(path, data)
     try:
         cfg = render.parse_boot_config(data)
     except render.ConfigError as e:
@@ -105,6 +115,41 @@ def check_file(kind, path, images_root):
                                  "for Pixiecore; bootcfg escapes it, other tools will not"
                                  % arg))
     return found
+
+
+def check_ignition(path, data):
+    """Ignition's own findings (JSON path first, as ignition-validate prints it),
+    and merge/replace sources naming a shared fragment that does not exist."""
+    try:
+        cfg = ignition.parse_ignition(data)
+    except render.ConfigError as e:
+        return [Finding(path, e.line, e.col, "error", str(e))]
+    found = [Finding(path, None, None, "warning", "%s: %s" % w) for w in cfg.warnings]
+    shared_dir = os.path.join(os.path.dirname(os.path.dirname(path)), "shared") \
+        if os.path.basename(os.path.dirname(path)) in ("uuid", "mac", "shared") else \
+        os.path.join(os.path.dirname(path), "shared")
+    for where, url in cfg.sources:
+        name = shared_fragment(url)
+        if name is not None and not os.path.isfile(os.path.join(shared_dir, name)):
+            found.append(Finding(path, None, None, "error",
+                                 "%s: %s names ignition/shared/%s, which does not exist; "
+                                 "Ignition fails to fetch it and the machine stops booting"
+                                 % (where, url, name)))
+    return found
+
+
+def shared_fragment(url):
+    """The fragment name a merge/replace URL asks bootcfg for (its path is
+    /ignition/shared/<name>, whatever the host), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or \
+            not parts.path.startswith("/ignition/shared/"):
+        return None
+    name = parts.path[len("/ignition/shared/"):]
+    return name if name and "/" not in name else None
 
 
 def missing_image(url, images_root):

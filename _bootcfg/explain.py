@@ -45,6 +45,7 @@ def requests(uuid_raw, mac_raw):
         path = "/pixiecore/v1/boot/" + quote(mac_raw, safe=":")
         out.append(("pixiecore", path, {}, path))
     out.append(("cloud", "/cloud", query, "/cloud?" + qs))
+    out.append(("ignition", "/ignition", query, "/ignition?" + qs))
     return out
 
 
