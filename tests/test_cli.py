@@ -1,10 +1,8 @@
 """The command line as operators use it: seed flags, env vars, errors, signals."""
 
 import http.client
-import os
 import signal
 import socket
-import subprocess
 
 import pytest
 

@@ -56,6 +56,14 @@ def test_the_readme_run_command_serves_bundled_data(start_server, curl):
                        ("/ipxe", b"flatcar.autologin"),
                        ("/cloud?uuid=" + uuid, b"hostname: node1"),
                        ("/cloud?mac=52:54:00:89:d8:10", b"hostname: node2"),
-                       ("/cloud", b"hostname: unassigned")]:
+                       ("/cloud", b"hostname: unassigned"),
+                       ("/ipxe?mac=52:54:00:89:d8:20",
+                        b"ignition.config.url=http://bootcfg.lan:8080/ignition?uuid=${uuid}"
+                        b"&mac=${mac:hexhyp} flatcar.first_boot=1"),
+                       ("/ipxe?mac=52:54:00:89:d8:30",
+                        b"ignition.firstboot ignition.platform.id=metal"),
+                       ("/ignition?mac=52:54:00:89:d8:20", b'"data:,node3"'),
+                       ("/ignition?mac=52:54:00:89:d8:30", b'"version": "3.4.0"'),
+                       ("/ignition/shared/fleet.ign", b'"name": "core"')]:
         status, _, body = curl(s, path)
         assert status == 200 and want in body, path

@@ -51,3 +51,16 @@ def guests(qemu, tmp_path):
     yield start
     for g in started:
         g.stop()
+
+
+@pytest.fixture
+def e2e_server(start_server, tmp_path, guest_images):
+    """bootcfg on 127.0.0.1 with an empty data dir; `.base` is its URL as guests
+    see it. Tests add configs while it runs (hot reload is part of the check)."""
+    data = tmp_path / "data"
+    for d in ("boot/uuid", "boot/mac", "cloud/uuid", "cloud/mac"):
+        (data / d).mkdir(parents=True)
+    server = start_server("-data-path", str(data), "-images-path", guest_images)
+    server.data = data
+    server.base = "http://10.0.2.2:%d" % server.port
+    return server

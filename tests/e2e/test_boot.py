@@ -5,12 +5,9 @@ User-mode networking: 10.0.2.2 inside the guest is the host's 127.0.0.1, and
 QEMU's own DHCP hands iPXE `bootfile=http://10.0.2.2:PORT/boot.ipxe`.
 """
 
-import os
 import re
 import time
 import uuid as uuidlib
-
-import pytest
 
 from e2e_helpers import boot_config, cloud_of, verdict
 from helpers import write
@@ -20,19 +17,6 @@ BIOS_UUID = "9b2e4f10-5c3a-4d7e-8f1b-2a6c9d0e1f23"
 
 def user_net(server):
     return "user,bootfile=http://10.0.2.2:%d/boot.ipxe" % server.port
-
-
-@pytest.fixture
-def e2e_server(start_server, tmp_path, guest_images):
-    """bootcfg on 127.0.0.1 with an empty data dir; `.base` is its URL as guests
-    see it. Tests add configs while it runs (hot reload is part of the check)."""
-    data = tmp_path / "data"
-    for d in ("boot/uuid", "boot/mac", "cloud/uuid", "cloud/mac"):
-        (data / d).mkdir(parents=True)
-    server = start_server("-data-path", str(data), "-images-path", guest_images)
-    server.data = data
-    server.base = "http://10.0.2.2:%d" % server.port
-    return server
 
 
 def nonce():
