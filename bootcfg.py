@@ -21,7 +21,8 @@ import sys
 import threading
 from typing import NamedTuple
 
-from _bootcfg import __version__, app, check, explain, logs, metrics, server, systemd, workers
+from _bootcfg import (__version__, app, check, explain, logs, metrics, server, systemd, tftp,
+                      workers)
 from _bootcfg.logs import lifecycle
 
 
@@ -91,8 +92,8 @@ ABOUT = {
     "check": "Validate a data directory as the server reads it; one line per "
              "finding (path:line:col: error|warning: message). Exit 1 on errors.",
     "explain": "Show where bootcfg looks for one machine's configs, what it finds, "
-               "and the exact iPXE script, Pixiecore JSON, cloud-config and Ignition "
-               "config it would answer.",
+               "and the exact iPXE script, Pixiecore JSON, cloud-config, Ignition "
+               "config and GRUB script (as over TFTP) it would answer.",
 }
 
 
@@ -123,6 +124,11 @@ def build_parser(command="serve"):
         p.add_argument("-tls-address", "--tls-address", default=env("BOOTCFG_TLS_ADDRESS"),
                        help="serve HTTPS here and plain HTTP on -address; without it, "
                             "-address serves HTTPS only (BOOTCFG_TLS_ADDRESS)")
+        p.add_argument("-tftp-address", "--tftp-address", default=env("BOOTCFG_TFTP_ADDRESS"),
+                       help="also serve read-only TFTP here, e.g. :69, for GRUB and "
+                            "firmware that speak nothing else: grub/grub.cfg, grub?..., "
+                            "boot.ipxe, then image files (BOOTCFG_TFTP_ADDRESS; default "
+                            "off; under systemd, a UDP socket passed in turns it on)")
         p.add_argument("-workers", "--workers", type=positive_int,
                        default=env("BOOTCFG_WORKERS", "1"),
                        help="processes serving the same sockets, started and replaced "
@@ -156,7 +162,8 @@ def build_parser(command="serve"):
         p.add_argument("-mac", "--mac", default="", help="the machine's MAC address")
         p.add_argument("-platform", "--platform", choices=("efi", "pcbios"),
                        help="the firmware, as iPXE's ${platform} reports it")
-        p.add_argument("-show", "--show", choices=("ipxe", "pixiecore", "cloud", "ignition"),
+        p.add_argument("-show", "--show",
+                       choices=("ipxe", "pixiecore", "cloud", "ignition", "grub"),
                        help="print only that answer's body, byte for byte")
     p.add_argument("-version", "--version", action="version",
                    version="bootcfg %s" % __version__)
@@ -214,13 +221,15 @@ class Setup(NamedTuple):
     images_root: str      # None: image serving is off
     listeners: list       # [(listening socket, ssl.SSLContext or None)]
     limits: dict          # server.LIMITS with the flags' values
+    tftp_sockets: list    # bound UDP sockets for TFTP
 
     def app(self, shared=None):
         return make_app(self.data_root, self.images_root, shared)
 
     def servers(self, application):
         return [server.BootServer(sock, application, self.limits, tls)
-                for sock, tls in self.listeners]
+                for sock, tls in self.listeners] + \
+            [tftp.TftpServer(sock, application, self.limits) for sock in self.tftp_sockets]
 
 
 def configure(args):
@@ -233,15 +242,27 @@ def configure(args):
                   idle_timeout=args.idle_timeout)
     plain_tls = tls if tls is not None and not args.tls_address else None
     inherited = systemd.listen_sockets()
+    datagram = [s for s in inherited if s.type == socket.SOCK_DGRAM]
+    stream = [s for s in inherited if s.type != socket.SOCK_DGRAM]
     if inherited:
-        lifecycle.info("using %d socket(s) from systemd; -address is not used",
-                       len(inherited))
-        listeners = [(s, plain_tls) for s in inherited]
+        lifecycle.info("using %d socket(s) from systemd (%d TCP, %d UDP for TFTP); %s",
+                       len(inherited), len(stream), len(datagram),
+                       "-address is not used" if stream and not datagram else
+                       "-tftp-address is not used" if datagram and not stream else
+                       "-address and -tftp-address are not used")
+    if stream:
+        listeners = [(s, plain_tls) for s in stream]
     else:
         listeners = [(bind(args.address, limits), plain_tls)]
     if tls is not None and args.tls_address:
         listeners.append((bind(args.tls_address, limits), tls))
-    return Setup(data_root, images_root, listeners, limits)
+    if datagram:
+        tftp_sockets = datagram
+    elif args.tftp_address:
+        tftp_sockets = [bind_udp(args.tftp_address)]
+    else:
+        tftp_sockets = []
+    return Setup(data_root, images_root, listeners, limits, tftp_sockets)
 
 
 def bind(text, limits):
@@ -250,6 +271,20 @@ def bind(text, limits):
         return server.listen(address, family, limits["listen_backlog"])
     except OSError as e:
         raise UsageError("cannot listen on %s: %s" % (text, e.strerror or e)) from None
+
+
+def bind_udp(text):
+    family, address = resolve_address(*parse_address(text))
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UsageError("cannot listen for TFTP on %s: %s" % (text, e.strerror or e)) \
+            from None
+    return sock
 
 
 # ---------------------------------------------------------------- commands
@@ -281,16 +316,19 @@ def serve(argv):
                        __version__, "https" if tls else "http",
                        "[%s]" % host if ":" in host else host, port,
                        setup.data_root, setup.images_root or "off")
+    for sock in setup.tftp_sockets:
+        host, port = sock.getsockname()[:2]
+        lifecycle.info("bootcfg %s serving read-only TFTP on %s:%d", __version__,
+                       "[%s]" % host if ":" in host else host, port)
     ready = "READY=1\nSTATUS=serving %s" % setup.data_root
     if args.workers == 1:
         servers = setup.servers(setup.app())
-        systemd.notify(ready)
-        run(servers, announce=True)
+        run(servers, announce=True, ready=lambda: systemd.notify(ready))
         lifecycle.info("stopped")
         return 0
-    for sock, _ in setup.listeners:
-        # Every worker polls the sockets; the losers of a race to accept() get
-        # EAGAIN, which socketserver ignores, instead of blocking.
+    for sock in [s for s, _ in setup.listeners] + setup.tftp_sockets:
+        # Every worker polls the sockets; the losers of a race to accept() (or to
+        # a datagram) get EAGAIN, which is ignored, instead of blocking.
         sock.setblocking(False)
     shared = workers.Shared()
 
@@ -306,8 +344,10 @@ def serve(argv):
     return status
 
 
-def run(servers, announce):
-    """Serve until SIGTERM/SIGINT, then let in-flight requests finish."""
+def run(servers, announce, ready=None):
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish. `ready` is
+    called once the signal handlers are in place (so a SIGTERM right after
+    READY=1 still stops cleanly)."""
     def on_signal(signum, frame):
         if announce:
             lifecycle.info("%s: stopping", signal.Signals(signum).name)
@@ -318,6 +358,8 @@ def run(servers, announce):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if ready is not None:
+        ready()
     for srv in servers[1:]:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()

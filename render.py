@@ -4,11 +4,18 @@ Pure functions only: no files, no sockets, no clocks. `parse_boot_config` turns 
 file's bytes into a `BootConfig` or raises `ConfigError`; it refuses anything the
 renderers could not write safely, so `render_ipxe` and `render_pixiecore` never fail
 and never need to re-check. Nothing taken from a request is passed to them.
+
+GRUB is the exception: it cannot fill iPXE's ${settings} itself, so
+`render_grub` writes the machine's values (from the request) into the script,
+quoting every word for GRUB; it raises GrubError, naming the key, when a setting
+cannot be filled or a URL cannot be fetched by that GRUB.
 """
 
 import json
 import posixpath
+import re
 from typing import NamedTuple, Tuple
+from urllib.parse import quote
 
 BOOT_KEYS = ("kernel", "initrd", "cmdline")
 
@@ -199,3 +206,152 @@ def _no_constants(name):
 def _type(value):
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "a number", float: "a number", type(None): "null"}[type(value)]
+
+
+# ---------------------------------------------------------------- GRUB
+#
+# GRUB cannot fill in iPXE's ${settings}, so the GRUB answer is written with the
+# machine's values already in place. They come from the request (validated or
+# checked below); a setting the request cannot fill makes that answer an error.
+
+# iPXE setting -> (machine value, how it is spelled).
+GRUB_SETTINGS = {
+    "uuid": ("uuid", "plain"), "mac": ("mac", "colons"), "net0/mac": ("mac", "colons"),
+    "hostname": ("hostname", "plain"), "serial": ("serial", "plain"),
+    "domain": ("domain", "plain"), "buildarch": ("arch", "plain"),
+    "platform": ("platform", "plain"),
+}
+_SETTING = re.compile(r"\$\{([^}:]*)(?::([^}]*))?\}")
+
+
+class GrubError(ValueError):
+    """A config that cannot become a GRUB answer for this machine; the message
+    names the key and the reason."""
+
+
+def grub_fill(text, machine, where):
+    """`text` with each ${setting} replaced by the machine's value, spelled as
+    the setting asks (${mac:hexhyp} -> 52-54-..., ${x:uristring} percent-encoded).
+    Raises GrubError for a setting this machine's request did not carry."""
+    def one(m):
+        name, spelling = m.group(1), m.group(2) or ""
+        known = GRUB_SETTINGS.get(name)
+        if known is None:
+            raise GrubError("%s: ${%s} is an iPXE setting GRUB answers cannot fill (they "
+                            "fill %s)" % (where, name, ", ".join(sorted(GRUB_SETTINGS))))
+        value = machine.get(known[0]) or ""
+        if not value:
+            raise GrubError("%s: ${%s} has no value for this machine (the request "
+                            "carried no %s)" % (where, m.group(0)[2:-1], known[0]))
+        if spelling == "hexhyp" and known[1] == "colons":
+            value = value.replace(":", "-")
+        elif spelling == "hexraw" and known[1] == "colons":
+            value = value.replace(":", "")
+        elif spelling == "uristring":
+            value = quote(value, safe="")
+        elif spelling not in ("", "string", "hex", "uuid"):
+            raise GrubError("%s: ${%s:%s}: GRUB answers do not know the spelling %r"
+                            % (where, name, spelling, spelling))
+        for ch in value:
+            if ch.isspace() or ord(ch) < 0x20 or ch in "\x7f\"":
+                raise GrubError("%s: the machine's %s %r would split the kernel command "
+                                "line" % (where, known[0], value))
+        return value
+    filled = _SETTING.sub(one, text)
+    if "${" in _SETTING.sub("", text):
+        raise GrubError("%s: %r has a ${ that never closes; GRUB answers cannot fill it"
+                        % (where, text))
+    return filled
+
+
+def grub_arg(arg):
+    """A kernel argument GRUB can pass on unchanged, or GrubError: GRUB's linux
+    command writes ', " and \\ into the kernel command line with a backslash
+    before them (seen here: 'it\\'s' arrived as it\\\\'s)."""
+    for ch in "'\"\\":
+        if ch in arg:
+            raise GrubError("cmdline: %r contains %s, which GRUB passes to the kernel as "
+                            "\\%s: the machine would boot with another argument than "
+                            "the config says" % (arg, ch, ch))
+    return arg
+
+
+def grub_quote(word):
+    """One GRUB word, taken literally: single quotes, each ' written as '\\''."""
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def grub_path(url, where, device, http_ok):
+    """The GRUB file name for a config URL: a bare /path on `device` (GRUB's own
+    words, e.g. (tftp,$net_default_server)), an http:// URL as (http,host:port)/path
+    when this GRUB speaks HTTP. Raises GrubError otherwise."""
+    if url.startswith("/"):
+        return device + grub_quote(url)
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() == "http" and http_ok:
+        host, _, path = rest.partition("/")
+        if not host or any(c in host for c in "'\"$;(){}\\ ,"):
+            raise GrubError("%s: %r has no host GRUB can use" % (where, url))
+        return "(http,%s)" % host + grub_quote("/" + path)
+    if sep and scheme.lower() == "http":
+        raise GrubError("%s: %r is an http:// URL, and a GRUB that boots over TFTP has "
+                        "no HTTP (Debian's signed GRUB); serve the file from the images "
+                        "directory as /images/... instead" % (where, url))
+    raise GrubError("%s: %r: GRUB fetches bare /paths from the server it came from, or "
+                    "http:// URLs; not this" % (where, url))
+
+
+def render_grub(cfg, machine, device, http_ok):
+    """The machine's GRUB script: linux, one initrd line with every initrd, boot.
+
+    `machine` maps uuid, mac, hostname, serial, domain, arch, platform to this
+    machine's values; `device` is the GRUB device bare /paths live on. The
+    config's own initrd= arguments are dropped (GRUB loads initrds itself). Every
+    argument is single-quoted, so nothing in it is GRUB syntax. Raises GrubError
+    when a setting cannot be filled or a URL cannot be fetched by this GRUB."""
+    kernel = grub_path(grub_fill(cfg.kernel, machine, "kernel"), "kernel", device, http_ok)
+    initrds = [grub_path(grub_fill(u, machine, "initrd[%d]" % i), "initrd[%d]" % i, device,
+                         http_ok) for i, u in enumerate(cfg.initrd)]
+    args = [grub_quote(grub_arg(grub_fill(a, machine, "cmdline"))) for a in cfg.args
+            if not a.startswith("initrd=")]
+    lines = ["# bootcfg: the GRUB answer for uuid=%s mac=%s" % (
+        _comment(machine.get("uuid")), _comment(machine.get("mac"))),
+        " ".join(["linux", kernel] + args)]
+    if initrds:
+        lines.append(" ".join(["initrd"] + initrds))
+    lines.append("boot")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _comment(value):
+    return "".join(c for c in (value or "-") if c.isalnum() or c in ":-") or "-"
+
+
+# The fixed first script GRUB reads (grub/grub.cfg): it finds the machine's SMBIOS
+# UUID and serial, its MAC and the DHCP hostname (of the first network interface:
+# Debian's signed GRUB has no `eval` to name another), and loads the machine's
+# answer from the same server. Hostname and serial are passed only when they are
+# made of characters that need no quoting in a query: GRUB cannot encode them.
+# Only commands Debian's signed network GRUB has built in are used.
+GRUB_FIRST_SCRIPT = """# bootcfg: finds this machine's GRUB answer
+smbios --type 1 --get-uuid 8 --set bootcfg_uuid
+smbios --type 1 --get-string 7 --set bootcfg_serial
+set bootcfg_hostname="$net_efinet0_hostname"
+if regexp '^[-A-Za-z0-9._]+$' "$bootcfg_serial"; then true; else set bootcfg_serial=; fi
+if regexp '^[-A-Za-z0-9.]+$' "$bootcfg_hostname"; then true; else set bootcfg_hostname=; fi
+configfile "%(device)s/grub?uuid=${bootcfg_uuid}&mac=${net_default_mac}&hostname=${bootcfg_hostname}&serial=${bootcfg_serial}"
+echo "bootcfg: no GRUB answer for uuid $bootcfg_uuid mac $net_default_mac; the bootcfg server log says why"
+sleep 30
+"""
+
+
+def render_grub_first(device):
+    """grub/grub.cfg for a GRUB that reached it through `device`."""
+    return (GRUB_FIRST_SCRIPT % {"device": device}).encode("utf-8")
+
+
+def grub_echo(message):
+    """A GRUB script that only shows `message`: what an error answer is for GRUB,
+    which runs whatever body an HTTP server sends, 404s included (seen here with
+    Debian's GRUB 2.06)."""
+    return ("echo %s\n" % grub_quote("bootcfg: " + message.strip())).encode("utf-8")

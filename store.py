@@ -89,6 +89,14 @@ def parse_uuid(text):
     return "-".join(m.groups())
 
 
+def spelling(name, text):
+    """The canonical spelling of a uuid or mac, placeholders included (what iPXE
+    would print for ${uuid} on a board without one), or "" if it is not one."""
+    rx = _UUID_RE if name == "uuid" else _MAC_RE
+    m = rx.match((text or "").strip().lower())
+    return ("-" if name == "uuid" else ":").join(m.groups()) if m else ""
+
+
 KEY_PARSERS = {"uuid": parse_uuid, "mac": parse_mac}
 
 

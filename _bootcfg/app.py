@@ -23,6 +23,9 @@ from _bootcfg.answers import Refusal, Response, printable, refused
 log = logging.getLogger("bootcfg")
 
 IDENTITY = ("bootcfg %s\n" % __version__).encode()
+GRUB_ROUTES = ("/grub", "/grub/grub.cfg", "tftp:grub", "tftp:grub/grub.cfg")
+# Machine facts a GRUB or iPXE query may carry, besides uuid and mac.
+FACTS = ("hostname", "serial", "domain", "arch", "platform")
 
 # The parse function of each kind of config the store serves (None: bytes as-is).
 PARSERS = {"boot": render.parse_boot_config, "cloud": None,
@@ -52,7 +55,17 @@ class App:
             "/ipxe": self.ipxe,
             "/cloud": self.cloud,
             "/ignition": self.ignition,
+            "/grub": self.grub,
+            "/grub/grub.cfg": self.grub_first,
             "/metrics": self.metrics_page,
+        }
+        # TFTP names (`-tftp-address`): bootcfg's own answers, then image files as
+        # <file> (shim asks for grubx64.efi beside itself) or images/<file>.
+        self.tftp_routes = {
+            "grub/grub.cfg": self.grub_first,
+            "grub": self.grub,
+            "boot.ipxe": self.chainload,
+            "ipxe": self.ipxe,
         }
         self.prefix_routes = (
             ("/pixiecore/v1/boot/", self.pixiecore),
@@ -75,8 +88,46 @@ class App:
             log.exception("internal error on %s %s", req.method, req.path[:200])
             resp = refused(Refusal("internal",
                                    "internal error; the server log has the traceback"))
+        if resp.status >= 400 and route in GRUB_ROUTES:
+            # GRUB runs any body it gets as a script: make the error one it shows.
+            resp.body = render.grub_echo(resp.body.decode("utf-8", "replace"))
+            resp.length = len(resp.body)
         resp.route = route
         return resp
+
+    def tftp(self, req):
+        """The answer to a TFTP read request (`req.path` is the file name without
+        leading slashes, `req.method` "RRQ"); the route is named tftp:<name>."""
+        handler = self.tftp_routes.get(req.path)
+        route = "tftp:" + req.path if handler is not None else "tftp:images"
+        try:
+            resp = handler(req) if handler is not None else self.tftp_image(req)
+        except Refusal as e:
+            resp = refused(e)
+        except Exception:
+            log.exception("internal error on TFTP %s", printable(req.path))
+            resp = refused(Refusal("internal", "internal error; see the server log"))
+        resp.route = route
+        return resp
+
+    def tftp_image(self, req):
+        if self.images_root is None:
+            raise Refusal("not found", "no such file (image serving is off)")
+        first = None
+        for name in (req.path, req.path[len("images/"):] if
+                     req.path.startswith("images/") else None):
+            if not name:
+                continue
+            try:
+                status, headers, file = images.serve(self.images_root, name, {})
+            except Refusal as e:
+                if e.kind == "forbidden":
+                    log.warning("refused TFTP image %s: %s", printable(req.path), e.message)
+                    raise
+                first = first or e
+                continue
+            return Response(status, file=file, matched="images")
+        raise first or Refusal("not found", "no such file")
 
     def find_route(self, path):
         """(route name, handler); the name is the route's path or prefix, "other"
@@ -139,6 +190,29 @@ class App:
         return Response(body=found.match.value.data, content_type=ignition.CONTENT_TYPE,
                         matched=found.match.path)
 
+    def grub(self, req):
+        """The machine's GRUB answer, from the same boot config as /ipxe. Over TFTP
+        bare /paths live on GRUB's own $net_default_server; over HTTP on the
+        address this request arrived at (never its Host header)."""
+        uuid, mac = machine_from_query(req.query)
+        match = self.lookup("boot", uuid, mac)
+        machine = {name: req.query.get(name, "") for name in FACTS}
+        machine.update(uuid=store.spelling("uuid", req.query.get("uuid")),
+                       mac=store.spelling("mac", req.query.get("mac")))
+        over_tftp = req.method == "RRQ"
+        try:
+            body = render.render_grub(match.value, machine, grub_device(req), not over_tftp)
+        except render.GrubError as e:
+            log.warning("%s: no GRUB answer%s for uuid=%s mac=%s: %s", match.path,
+                        " over TFTP" if over_tftp else "", uuid or "-", mac or "-", e)
+            raise Refusal("invalid config", "%s: %s" % (match.path, e),
+                          matched=match.path + " (not for GRUB)",
+                          machine=(uuid or "", mac or "")) from None
+        return Response(body=body, matched=match.path, machine=(uuid or "", mac or ""))
+
+    def grub_first(self, req):
+        return Response(body=render.render_grub_first(grub_device(req)))
+
     def pixiecore(self, req):
         raw = unquote(req.path[len("/pixiecore/v1/boot/"):])
         try:
@@ -188,6 +262,17 @@ class App:
                           % (kind, uuid or "-", mac or "-", kind),
                           matched="no match", machine=machine)
         return found.match
+
+
+def grub_device(req):
+    """Where GRUB finds bare /paths: over TFTP, the server GRUB booted from (its
+    own variable); over HTTP, the address and port this request arrived at."""
+    if req.method == "RRQ" or not req.local:
+        return "(tftp,$net_default_server)"
+    host, port = req.local[0], req.local[1]
+    if host.startswith("::ffff:"):
+        host = host[len("::ffff:"):]
+    return "(http,%s:%d)" % ("[%s]" % host if ":" in host else host, port)
 
 
 def machine_from_query(query):

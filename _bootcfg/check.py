@@ -1,7 +1,8 @@
 """`bootcfg check`: validate a data directory before it is rolled out.
 
 It reads every file through the same App, store and parser the server uses, and reports
-what the server would refuse plus mistakes the server cannot see at run time:
+what the server would refuse plus mistakes the server cannot see at run time
+(among them boot configs no GRUB over TFTP can be given):
 two files for one machine, file names that are no MAC/UUID, kernels and initrds
 missing from the images directory, cloud-configs that are not cloud-configs, and
 `{{` that Pixiecore's template would trip on.
@@ -107,6 +108,10 @@ def check_file(kind, path, images_root):
         if problem:
             line, col = position(text, url)
             found.append(Finding(path, line, col, "error", "%s: %s" % (where, problem)))
+    problem = grub_problem(cfg)
+    if problem:
+        found.append(Finding(path, None, None, "warning",
+                             "no GRUB answer over TFTP (Secure Boot machines): %s" % problem))
     for arg in cfg.args:
         if "{{" in arg:
             line, col = position(text, "{{")
@@ -115,6 +120,22 @@ def check_file(kind, path, images_root):
                                  "for Pixiecore; bootcfg escapes it, other tools will not"
                                  % arg))
     return found
+
+
+# A machine whose request carries every fact a GRUB query can: what is left
+# unfillable is the config's doing, not the machine's.
+GRUB_PROBE = {"uuid": "00000000-0000-0000-0000-000000000001", "mac": "52:54:00:00:00:01",
+              "hostname": "h", "serial": "s", "domain": "d", "arch": "x86_64",
+              "platform": "efi"}
+
+
+def grub_problem(cfg):
+    """Why a GRUB that booted over TFTP could not be given this config, or None."""
+    try:
+        render.render_grub(cfg, GRUB_PROBE, "(tftp,$net_default_server)", False)
+    except render.GrubError as e:
+        return str(e)
+    return None
 
 
 def check_ignition(path, data):

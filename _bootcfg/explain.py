@@ -46,13 +46,19 @@ def requests(uuid_raw, mac_raw):
         out.append(("pixiecore", path, {}, path))
     out.append(("cloud", "/cloud", query, "/cloud?" + qs))
     out.append(("ignition", "/ignition", query, "/ignition?" + qs))
+    out.append(("grub", "grub", query, "TFTP grub?" + qs))
     return out
 
 
 def answers(app, uuid_raw, mac_raw):
     """{label: (shown path, Response)} from `app`, as the server would answer."""
-    return {label: (shown, app(Request("GET", path, query, {}, "explain")))
-            for label, path, query, shown in requests(uuid_raw, mac_raw)}
+    found = {}
+    for label, path, query, shown in requests(uuid_raw, mac_raw):
+        if shown.startswith("TFTP "):       # as a GRUB that booted over TFTP asks
+            found[label] = (shown, app.tftp(Request("RRQ", path, query, {}, "explain")))
+        else:
+            found[label] = (shown, app(Request("GET", path, query, {}, "explain")))
+    return found
 
 
 def report(app, uuid_raw, mac_raw, platform):
@@ -84,7 +90,8 @@ def report(app, uuid_raw, mac_raw, platform):
         lines += ["", "platform pcbios: the kernel ignores initrd=<name> arguments; iPXE "
                       "hands it the initrds itself."]
     for label, (shown, resp) in answers(app, uuid_raw, mac_raw).items():
-        lines += ["", "==> GET %s -> %d" % (shown, resp.status)]
+        lines += ["", "==> %s%s -> %d" % ("" if shown.startswith("TFTP ") else "GET ", shown,
+                                            resp.status)]
         body = resp.body.decode("utf-8", "replace")
         lines.append(body[:-1] if body.endswith("\n") else body)
     if not mac_raw:

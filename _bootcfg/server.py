@@ -56,6 +56,19 @@ LIMITS = types.MappingProxyType({
     # When every worker has crashed this many times in a row, the master exits 1
     # and leaves restarting to systemd's Restart= (whose own limits then apply).
     "worker_crash_limit": 5,
+    # TFTP (-tftp-address): transfers at once, a thread and a UDP port each; a boot
+    # storm of Secure Boot machines fetches shim, GRUB, kernel and initrd each.
+    # Past it a client gets a TFTP error and retries.
+    "tftp_transfers": 256,
+    # Seconds before an unacknowledged block is sent again (a client may ask for
+    # another with the timeout option), and how often before the transfer is given
+    # up and its slot freed: a vanished client costs at most ~6 s.
+    "tftp_timeout": 1.0,
+    "tftp_retries": 5,
+    # Largest block and window granted: a 1468-byte block fits an Ethernet frame,
+    # bigger ones travel as IP fragments; GRUB asks for 1024, OVMF for 1468.
+    "tftp_max_blksize": 65464,
+    "tftp_max_windowsize": 64,
 })
 
 _DATE_CACHE = [0, ""]
@@ -105,6 +118,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.request.settimeout(self.timeout)
             self.request.do_handshake()
         super().setup()
+        # The address this connection arrived at (not the listening wildcard).
+        self.local_address = self.connection.getsockname()[:2]
 
     def parse_request(self):
         self._started = time.perf_counter()
@@ -152,7 +167,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 resp = refused(e)
             else:
                 resp = server.app(Request(self.command, path, query, self.headers,
-                                          self.client_address[0], server.server_address))
+                                          self.client_address[0], self.local_address))
             self._answer(resp, send_body)
         finally:
             server.request_finished()
