@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -121,6 +122,13 @@ class _Server:
             raise RuntimeError("bootcfg did not start:\n" + self.log())
         self.scheme, self.host, self.port = m.group(1), m.group(2).strip("[]"), int(m.group(3))
 
+    @property
+    def tftp_address(self):
+        """(host, port) of the TFTP server, from its start line."""
+        m = self.wait_log(r"serving read-only TFTP on \[?([^\]\s]+?)\]?:(\d+)$", timeout=5)
+        assert m, "no TFTP server started:\n" + self.log()
+        return m.group(1), int(m.group(2))
+
     def listening(self):
         """[(scheme, port)] of every listening line so far."""
         return [(m.group(1), int(m.group(2))) for m in
@@ -202,6 +210,10 @@ class InProcessServer(_Server):
             threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01},
                              daemon=True).start()
             host, port = srv.server_address[:2]
+            if srv.socket.type == socket.SOCK_DGRAM:
+                logs.lifecycle.info("bootcfg (in-process) serving read-only TFTP on %s:%d",
+                                    host, port)
+                continue
             logs.lifecycle.info("bootcfg (in-process) listening on %s://%s:%d/",
                                 "https" if srv.tls else "http",
                                 "[%s]" % host if ":" in host else host, port)

@@ -217,7 +217,7 @@ def fake_root(tmp_path, single_file):
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/bootcfg").mkdir(parents=True)
     shutil.copy(single_file, str(root / "usr/local/bin/bootcfg"))
-    for unit in ("bootcfg.service", "bootcfg.socket"):
+    for unit in ("bootcfg.service", "bootcfg.socket", "bootcfg-tftp.socket"):
         shutil.copy(os.path.join(UNITS, unit), str(root / "etc/systemd/system" / unit))
     shutil.copy(os.path.join(UNITS, "bootcfg.env"), str(root / "etc/bootcfg/bootcfg.env"))
     # The targets the units order against come from the host; its unit links are
@@ -232,7 +232,8 @@ def verify(root):
     tool = need_tool("systemd-analyze", "apt-get install systemd")
     return subprocess.run([tool, "verify", "--root=%s" % root,
                            "/etc/systemd/system/bootcfg.service",
-                           "/etc/systemd/system/bootcfg.socket"],
+                           "/etc/systemd/system/bootcfg.socket",
+                           "/etc/systemd/system/bootcfg-tftp.socket"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -295,6 +296,44 @@ def test_socket_activation(single_file, data_dir, tmp_path):
     log.seek(0)
     text = log.read()
     assert "using 2 socket(s) from systemd" in text, text
+    assert rc == 0, text
+
+
+def test_socket_activation_serves_tftp_on_a_datagram_socket(single_file, data_dir, tmp_path):
+    """bootcfg-tftp.socket's way: systemd opens the UDP port and passes it in; the
+    first datagram starts bootcfg, which answers it over TFTP."""
+    tool = need_tool("systemd-socket-activate", "apt-get install systemd")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "shimx64.efi").write_bytes(b"shim-bytes" * 100)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    log = open(str(tmp_path / "log"), "w+")
+    proc = subprocess.Popen([tool, "--datagram", "-l", "127.0.0.1:%d" % port, single_file,
+                             "-data-path", str(data_dir), "-images-path", str(images),
+                             "-address", "127.0.0.1:0"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(10)
+        time.sleep(0.2)
+        c.sendto(b"\x00\x01shimx64.efi\x00octet\x00", ("127.0.0.1", port))
+        data, peer = c.recvfrom(2000)
+        assert data[:4] == b"\x00\x03\x00\x01" and data[4:] == b"shim-bytes" * 51 + b"sh"
+        c.sendto(b"\x00\x04\x00\x01", peer)
+        data, _ = c.recvfrom(2000)
+        assert data[:4] == b"\x00\x03\x00\x02" and len(data) == 4 + 1000 - 512
+        c.sendto(b"\x00\x04\x00\x02", peer)
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(10)
+    log.seek(0)
+    text = log.read()
+    assert "using 1 socket(s) from systemd (0 TCP, 1 UDP for TFTP)" in text, text
+    assert re.search(r'"RRQ shimx64.efi" 200 1000B', text), text
     assert rc == 0, text
 
 

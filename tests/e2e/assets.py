@@ -271,6 +271,30 @@ def prepare_ignition():
     return out
 
 
+GRUB_MODULES = ("efinet", "http", "tftp", "net", "linux", "normal", "configfile", "echo",
+                "smbios", "regexp", "test", "true", "sleep", "halt", "reboot")
+# The HTTP-speaking GRUB's own first words: go to bootcfg over HTTP, on the port
+# the tests run it on, at the server DHCP named.
+GRUB_HTTP_EARLY = """echo "E2E-GRUB: a GRUB with http, loading grub/grub.cfg over HTTP"
+configfile (http,$net_default_server:8080)/grub/grub.cfg
+"""
+
+
+def prepare_grub_http():
+    """grub-http.efi: an unsigned GRUB made with grub-mkimage from Debian's
+    grub-efi-amd64-bin modules, http included (Debian's signed one has none)."""
+    out = os.path.join(CACHE, "grub-http.efi")
+    os.makedirs(CACHE, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        early = os.path.join(tmp, "early.cfg")
+        with open(early, "w") as f:
+            f.write(GRUB_HTTP_EARLY)
+        subprocess.run(["grub-mkimage", "-O", "x86_64-efi", "-o", out + ".tmp", "-p", "/grub",
+                        "-c", early] + list(GRUB_MODULES), check=True)
+    os.replace(out + ".tmp", out)
+    return out
+
+
 def prepare():
     """Paths (vmlinuz, initrd.gz), built once and cached."""
     os.makedirs(CACHE, exist_ok=True)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from e2e_helpers import IPXE_ROM, OVMF, Guest, missing
+from e2e_helpers import IPXE_ROM, OVMF, Guest, boot_network, missing
 from helpers import IN_CI
 
 
@@ -64,3 +64,11 @@ def e2e_server(start_server, tmp_path, guest_images):
     server.data = data
     server.base = "http://10.0.2.2:%d" % server.port
     return server
+
+
+@pytest.fixture
+def boot_netns(qemu):
+    """A network namespace with bridge br-boot (TEST_NET.1/24) and tap0..tap3 on
+    it: a private boot network for dnsmasq, bootcfg and guests."""
+    with boot_network("bootcfg-e2e-%d" % os.getpid()) as ns:
+        yield ns

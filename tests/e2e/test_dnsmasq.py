@@ -8,56 +8,12 @@ DHCP -> boot.ipxe -> /ipxe -> kernel + initrd -> DHCP again -> cloud-config.
 
 import os
 import re
-import shutil
-import subprocess
 import uuid as uuidlib
 
-import pytest
-
-from e2e_helpers import boot_config, cloud_of, missing, verdict
+from e2e_helpers import TEST_NET, boot_config, cloud_of, start_dnsmasq, substitute, verdict
 from helpers import ROOT, write
 
 RECIPE = os.path.join(ROOT, "contrib", "dnsmasq", "bootcfg.conf")
-RECIPE_NET = "192.168.122."     # the addresses the recipe is written with
-TEST_NET = "10.231.0."          # what this test substitutes, inside its own namespace
-
-
-def substitute(text):
-    """The recipe with only its addresses changed."""
-    return text.replace(RECIPE_NET, TEST_NET)
-
-
-def sh(*cmd):
-    subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-@pytest.fixture
-def boot_netns(qemu):
-    """A namespace with bridge br-boot (TEST_NET.1/24) and tap0 on it."""
-    if os.geteuid() != 0:
-        missing("root (network namespaces, bridges and taps)")
-    for tool in ("ip", "dnsmasq"):
-        if shutil.which(tool) is None:
-            missing(tool)
-    ns = "bootcfg-e2e-%d" % os.getpid()
-    subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
-    sh("ip", "netns", "add", ns)
-    try:
-        n = ["ip", "-n", ns]
-        sh(*n, "link", "set", "lo", "up")
-        sh(*n, "link", "add", "br-boot", "type", "bridge")
-        sh(*n, "addr", "add", TEST_NET + "1/24", "dev", "br-boot")
-        sh(*n, "link", "set", "br-boot", "up")
-        sh(*n, "tuntap", "add", "dev", "tap0", "mode", "tap")
-        sh(*n, "link", "set", "tap0", "master", "br-boot")
-        sh(*n, "link", "set", "tap0", "up")
-        yield ns
-    finally:
-        pids = subprocess.run(["ip", "netns", "pids", ns], stdout=subprocess.PIPE,
-                              text=True).stdout.split()
-        for pid in pids:
-            subprocess.run(["kill", "-9", pid], stderr=subprocess.DEVNULL)
-        subprocess.run(["ip", "netns", "del", ns])
 
 
 def test_recipe_is_what_readme_shows():
@@ -76,12 +32,7 @@ def test_dnsmasq_recipe_boots_a_machine(boot_netns, start_server, guests, guest_
     in_ns = ["ip", "netns", "exec", ns]
     recipe = substitute(open(RECIPE).read())
     assert re.search(r"^interface=br-boot$", recipe, re.M)
-    conf = write(str(tmp_path / "dnsmasq.conf"), recipe)
-    dnsmasq = subprocess.Popen(
-        in_ns + ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--log-dhcp",
-                 "--conf-file=" + conf, "--dhcp-leasefile=%s" % (tmp_path / "leases"),
-                 "--pid-file=%s" % (tmp_path / "dnsmasq.pid")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    dnsmasq = start_dnsmasq(ns, recipe, tmp_path)
     try:
         data = tmp_path / "data"
         token = uuidlib.uuid4().hex[:12]
