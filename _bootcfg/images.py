@@ -16,6 +16,13 @@ from urllib.parse import unquote_to_bytes
 from _bootcfg.answers import Refusal
 
 
+# Types the system's mime.types may lack: UEFI HTTP Boot clients check that an
+# .efi boot file comes as application/efi; the rest are common boot files.
+TYPES = {".efi": "application/efi", ".ipxe": "text/plain", ".kpxe": "application/octet-stream",
+         ".img": "application/octet-stream", ".iso": "application/x-iso9660-image",
+         ".ign": "application/vnd.coreos.ignition+json"}
+
+
 def resolve(root, raw_path):
     """The real path of `raw_path` (as sent, percent-encoded) under `root` (a real
     path). Refuses NUL, backslashes, `.`/`..` segments and anything whose real
@@ -61,7 +68,9 @@ def _answer(f, st, path, headers):
     size = st.st_size
     etag = '"%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, size)
     last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
-    ctype = mimetypes.guess_type(os.fsdecode(path))[0] or "application/octet-stream"
+    name = os.fsdecode(path)
+    ctype = TYPES.get(os.path.splitext(name)[1].lower()) or mimetypes.guess_type(name)[0] \
+        or "application/octet-stream"
     common = [("ETag", etag), ("Last-Modified", last_modified), ("Accept-Ranges", "bytes")]
     if not_modified(headers, etag, int(st.st_mtime)):
         f.close()
