@@ -28,3 +28,12 @@ def test_readme_flags_match_help():
         for option in action.option_strings:
             if option.startswith("--") and option not in ("--help", "--version"):
                 assert "`%s`" % option[1:] in readme, option
+
+
+def test_every_dnsmasq_recipe_is_used_by_an_end_to_end_test():
+    recipes = sorted(os.listdir(os.path.join(ROOT, "contrib", "dnsmasq")))
+    e2e = "".join(read(os.path.join("tests", "e2e", name)) for name in
+                  os.listdir(os.path.join(ROOT, "tests", "e2e")) if name.endswith(".py"))
+    assert len(recipes) >= 4
+    for name in recipes:
+        assert '"%s"' % name in e2e, "%s is used by no end-to-end test" % name

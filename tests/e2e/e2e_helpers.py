@@ -48,7 +48,7 @@ class Guest:
     "efi-secure" (as efi-pxe, with Secure Boot on and Microsoft's keys)."""
 
     def __init__(self, qemu, workdir, name, mac, netdev, firmware="bios", uuid=None,
-                 wrap=()):
+                 wrap=(), extra=()):
         self.name = name
         self.console = os.path.join(str(workdir), "%s.console" % name)
         nic = "virtio-net-pci,netdev=n0,mac=%s,bootindex=1" % mac
@@ -79,6 +79,7 @@ class Guest:
             "-device", nic]
         if uuid:
             cmd += ["-smbios", "type=1,uuid=%s" % uuid]
+        cmd += list(extra)
         self.cmd = cmd
         self.started = time.monotonic()
         self._output = None
