@@ -13,6 +13,7 @@ tools (its __init__ lists them).
 """
 
 import argparse
+import ipaddress
 import os
 import signal
 import socket
@@ -24,6 +25,8 @@ from typing import NamedTuple
 from _bootcfg import (__version__, app, check, explain, logs, metrics, server, systemd, tftp,
                       workers)
 from _bootcfg.logs import lifecycle
+from _bootcfg.shared import Shared
+from _bootcfg.status import Tracker
 
 
 class UsageError(Exception):
@@ -71,6 +74,20 @@ def positive_int(text):
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError("must be a whole number, 1 or more, not %r" % text)
     return int(text)
+
+
+def networks(text):
+    """A comma list of networks (CIDR or single addresses) for -admin-allow."""
+    out = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                out.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+    if not out:
+        raise argparse.ArgumentTypeError("names no network")
+    return out
 
 
 def positive_seconds(text):
@@ -146,6 +163,15 @@ def build_parser(command="serve"):
                        help="seconds a connection may sit idle or stall mid-request "
                             "before it is closed (BOOTCFG_IDLE_TIMEOUT; default "
                             "%(default)s)")
+        p.add_argument("-stuck-after", "--stuck-after", type=positive_seconds,
+                       default=env("BOOTCFG_STUCK_AFTER", "120"),
+                       help="seconds without progress after which /status calls a booting "
+                            "machine stuck (BOOTCFG_STUCK_AFTER; default %(default)s)")
+        p.add_argument("-admin-allow", "--admin-allow", type=networks,
+                       default=env("BOOTCFG_ADMIN_ALLOW"),
+                       help="comma list of client networks (CIDR) allowed to read /status, "
+                            "/status.json and /metrics; others get 403 "
+                            "(BOOTCFG_ADMIN_ALLOW; default: everyone)")
         p.add_argument("-log-level", "--log-level",
                        type=one_of("debug", "info", "warning", "error"),
                        default=env("BOOTCFG_LOG_LEVEL", "info"),
@@ -192,11 +218,14 @@ def resolve_images(images_path):
     raise UsageError("images directory %s does not exist" % images_path)
 
 
-def make_app(data_root, images_root, shared=None):
+def make_app(data_root, images_root, shared=None, stuck_after=120.0, admin_allow=None):
     """The App every command builds the same way: the server, its workers,
-    `check`, `explain` and the tests."""
+    `check`, `explain` and the tests. `shared` is the memory all workers share
+    (one of this process's own by default)."""
+    shared = shared or Shared(1)
+    tracker = Tracker(shared, stuck_after, server.LIMITS["status_machines"])
     return app.App(app.make_store(data_root), images_root,
-                   metrics.Metrics(__version__, shared))
+                   metrics.Metrics(__version__, shared), tracker, admin_allow)
 
 
 def tls_context(cert_file, key_file):
@@ -222,9 +251,11 @@ class Setup(NamedTuple):
     listeners: list       # [(listening socket, ssl.SSLContext or None)]
     limits: dict          # server.LIMITS with the flags' values
     tftp_sockets: list    # bound UDP sockets for TFTP
+    args: argparse.Namespace
 
     def app(self, shared=None):
-        return make_app(self.data_root, self.images_root, shared)
+        return make_app(self.data_root, self.images_root, shared, self.args.stuck_after,
+                        self.args.admin_allow)
 
     def servers(self, application):
         return [server.BootServer(sock, application, self.limits, tls)
@@ -262,7 +293,7 @@ def configure(args):
         tftp_sockets = [bind_udp(args.tftp_address)]
     else:
         tftp_sockets = []
-    return Setup(data_root, images_root, listeners, limits, tftp_sockets)
+    return Setup(data_root, images_root, listeners, limits, tftp_sockets, args)
 
 
 def bind(text, limits):
@@ -330,7 +361,7 @@ def serve(argv):
         # Every worker polls the sockets; the losers of a race to accept() (or to
         # a datagram) get EAGAIN, which is ignored, instead of blocking.
         sock.setblocking(False)
-    shared = workers.Shared()
+    shared = Shared(slots=args.workers)
 
     def run_worker():
         run(setup.servers(setup.app(shared)), announce=False)

@@ -13,7 +13,7 @@ from typing import NamedTuple, Tuple
 # Every status bootcfg answers other than 200/206/304, by the kind of failure.
 STATUS = {
     "bad request": 400,      # malformed target, MAC in a path, NUL or '..' in a path
-    "forbidden": 403,        # an image path that leads outside the images directory
+    "forbidden": 403,        # an image path outside the images directory; -admin-allow
     "not found": 404,        # no such endpoint, no such image, image serving off
     "no match": 404,         # no config for this machine and no default
     "bad method": 405,       # anything but GET and HEAD
@@ -42,12 +42,13 @@ class Refusal(Exception):
     message is the body; `headers` are added (Allow, Content-Range, Retry-After);
     `matched` and `machine` go to the access line."""
 
-    def __init__(self, kind, message, headers=(), matched="", machine=("", "")):
+    def __init__(self, kind, message, headers=(), matched="", machine=("", ""), problem=""):
         super().__init__(message)
         if kind not in STATUS:
             raise ValueError("unknown refusal kind %r" % kind)
         self.kind, self.message, self.headers = kind, message, list(headers)
         self.matched, self.machine = matched, machine
+        self.problem = problem      # the reason, for /status (the body may not say it)
 
     @property
     def status(self):
@@ -69,7 +70,7 @@ class Response:
     `route` names the route for /metrics (set by the app)."""
 
     __slots__ = ("status", "body", "file", "headers", "length", "matched", "machine",
-                 "route")
+                 "route", "expects", "problem")
 
     def __init__(self, status=200, body=b"", content_type="text/plain; charset=utf-8",
                  headers=(), file=None, matched="", machine=("", "")):
@@ -79,6 +80,8 @@ class Response:
         self.matched = matched
         self.machine = machine      # (uuid, mac), canonical or ""
         self.route = "other"
+        self.expects = ()           # boot scripts: the steps this boot should take next
+        self.problem = ""
 
 
 def refused(refusal):
@@ -86,6 +89,7 @@ def refused(refusal):
     resp = Response(refusal.status, (refusal.message + "\n").encode("utf-8", "replace"),
                     headers=refusal.headers, matched=refusal.matched,
                     machine=refusal.machine)
+    resp.problem = refusal.problem or refusal.message
     return resp
 
 

@@ -12,13 +12,17 @@ and `connection(delta)` (a connection opened or closed).
 """
 
 import functools
+import ipaddress
 import logging
-from urllib.parse import unquote
+import time
+from urllib.parse import unquote, urlsplit
 
 import render
 import store
-from _bootcfg import __version__, ignition, images, metrics
+from _bootcfg import __version__, ignition, images, metrics, status_page
 from _bootcfg.answers import Refusal, Response, printable, refused
+from _bootcfg.shared import Shared
+from _bootcfg.status import Tracker
 
 log = logging.getLogger("bootcfg")
 
@@ -43,10 +47,17 @@ def make_store(data_root, limits=None):
 
 
 class App:
-    def __init__(self, data_store, images_root=None, counters=None):
+    """`tracker` records boot progress (default: this process only); `admin_allow`
+    is a list of ip_network: only those clients may read /status, /status.json and
+    /metrics (None: everyone)."""
+
+    def __init__(self, data_store, images_root=None, counters=None, tracker=None,
+                 admin_allow=None):
         self.store = data_store
         self.images_root = images_root
         self.metrics = counters or metrics.Metrics(__version__)
+        self.tracker = tracker or Tracker(Shared(1, ring_events=4096))
+        self.admin_allow = admin_allow
         # Exact paths, then prefixes. A new endpoint is one line here.
         self.routes = {
             "/": self.identity,
@@ -58,6 +69,8 @@ class App:
             "/grub": self.grub,
             "/grub/grub.cfg": self.grub_first,
             "/metrics": self.metrics_page,
+            "/status": self.status_html,
+            "/status.json": self.status_json,
         }
         # TFTP names (`-tftp-address`): bootcfg's own answers, then image files as
         # <file> (shim asks for grubx64.efi beside itself) or images/<file>.
@@ -81,6 +94,8 @@ class App:
         try:
             if handler is None:
                 raise Refusal("not found", "no such endpoint: %s" % req.path[:200])
+            if route in ADMIN_ROUTES and not self.admin_allowed(req.client):
+                raise Refusal("forbidden", "%s is for the networks in -admin-allow" % route)
             resp = handler(req)
         except Refusal as e:
             resp = refused(e)
@@ -140,9 +155,22 @@ class App:
                 return prefix, candidate
         return "other", None
 
-    def record(self, resp, sent):
-        """An answer went out (`sent` body bytes, -1 when the client went away)."""
+    def record(self, resp, sent, req=None, ms=0.0):
+        """An answer went out (`sent` body bytes, -1 when the client went away)
+        for `req` (None for what the server refused before parsing a request)."""
         self.metrics.request(resp.route, resp.status, sent)
+        self.tracker.observe(resp.route, req, resp, sent, ms, resp.expects, resp.problem)
+
+    def admin_allowed(self, client):
+        if self.admin_allow is None:
+            return True
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.admin_allow)
 
     def connection(self, delta):
         self.metrics.connection(delta)
@@ -158,8 +186,10 @@ class App:
     def ipxe(self, req):
         uuid, mac = machine_from_query(req.query)
         match = self.lookup("boot", uuid, mac)
-        return Response(body=render_ipxe(match.value), matched=match.path,
+        resp = Response(body=render_ipxe(match.value), matched=match.path,
                         machine=(uuid or "", mac or ""))
+        resp.expects = expected_steps(match.value, req)
+        return resp
 
     def cloud(self, req):
         uuid, mac = machine_from_query(req.query)
@@ -208,7 +238,9 @@ class App:
             raise Refusal("invalid config", "%s: %s" % (match.path, e),
                           matched=match.path + " (not for GRUB)",
                           machine=(uuid or "", mac or "")) from None
-        return Response(body=body, matched=match.path, machine=(uuid or "", mac or ""))
+        resp = Response(body=body, matched=match.path, machine=(uuid or "", mac or ""))
+        resp.expects = expected_steps(match.value, req)
+        return resp
 
     def grub_first(self, req):
         return Response(body=render.render_grub_first(grub_device(req)))
@@ -222,9 +254,27 @@ class App:
         if mac is None:
             raise Refusal("bad request", "placeholder MAC %s names no machine" % raw)
         match = self.lookup("boot", None, mac)
-        return Response(body=render_pixiecore(match.value),
+        resp = Response(body=render_pixiecore(match.value),
                         content_type="application/json", matched=match.path,
                         machine=("", mac))
+        # Pixiecore downloads kernel and initrd from its own address: not expected.
+        resp.expects = [e for e in expected_steps(match.value, req)
+                        if e[0] in ("cloud-config", "ignition")]
+        return resp
+
+    def status_html(self, req):
+        body = status_page.render_html(self.tracker.view(), self.tracker.stuck_after,
+                                       time.time(), req.query)
+        return Response(body=body, content_type="text/html; charset=utf-8",
+                        headers=[("Content-Security-Policy", status_page.CSP),
+                                 ("Cache-Control", "no-store"),
+                                 ("X-Content-Type-Options", "nosniff")])
+
+    def status_json(self, req):
+        body = status_page.render_json(self.tracker.view(), self.tracker.stuck_after,
+                                       time.time(), req.query)
+        return Response(body=body, content_type="application/json",
+                        headers=[("Cache-Control", "no-store")])
 
     def metrics_page(self, req):
         return Response(body=self.metrics.render(self.store.stats()),
@@ -256,12 +306,43 @@ class App:
         if found.error is not None:
             raise Refusal("invalid config",
                           "%s cannot be used; the server log says why" % found.error.path,
-                          matched=found.error.path + " (invalid)", machine=machine)
+                          matched=found.error.path + " (invalid)", machine=machine,
+                          problem="%s: %s" % (found.error.path, found.error.reason))
         if found.match is None:
             raise Refusal("no match", "no %s config for uuid=%s mac=%s and no %s/default"
                           % (kind, uuid or "-", mac or "-", kind),
                           matched="no match", machine=machine)
         return found.match
+
+
+ADMIN_ROUTES = ("/status", "/status.json", "/metrics")
+CONFIG_URLS = {"cloud-config-url": ("cloud-config", "/cloud"),
+               "ignition.config.url": ("ignition", "/ignition"),
+               "flatcar.config.url": ("ignition", "/ignition"),
+               "coreos.config.url": ("ignition", "/ignition")}
+
+
+def expected_steps(cfg, req):
+    """[(step, path)] a machine given `cfg` should fetch from this bootcfg next: the
+    kernel and initrds served here (bare /images/ paths, or URLs on the host the
+    request came to) and a cloud-config or Ignition config at /cloud, /ignition."""
+    host = (req.headers.get("Host") or "") if req.headers else ""
+    mine = {host, "%s:%s" % req.local[:2] if req.local else ""} - {""}
+    out = []
+    for step, url in [("kernel", cfg.kernel)] + [("initrd " + u.rsplit("/", 1)[-1], u)
+                                                   for u in cfg.initrd]:
+        parts = urlsplit(url) if "://" in url else None
+        if parts is None and url.startswith("/images/"):
+            out.append((step, url.split("?", 1)[0]))
+        elif parts is not None and parts.netloc in mine and parts.path.startswith("/images/"):
+            out.append((step, parts.path))
+    for arg in cfg.args:
+        name, _, value = arg.partition("=")
+        if name in CONFIG_URLS and "://" in value:
+            step, path = CONFIG_URLS[name]
+            if urlsplit(value).path == path:
+                out.append((step, path))
+    return out
 
 
 def grub_device(req):

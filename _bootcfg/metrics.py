@@ -11,8 +11,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    """One process's counters. `shared` (workers.Shared, with -workers N) carries
-    what the master counts: worker processes that died and were replaced."""
+    """One process's counters. With -workers N (`shared`, a shared.Shared with
+    several slots) each worker republishes its counters every second and /metrics
+    shows the sum over all workers; a replacement worker starts from the counts
+    its slot last published, so totals survive it."""
 
     def __init__(self, version, shared=None):
         self._lock = threading.Lock()
@@ -23,6 +25,44 @@ class Metrics:
         self.requests = {}        # (route, status) -> count
         self.bytes = {}           # route -> bytes of bodies sent
         self.lookups = {}         # (kind, match) -> count
+        if shared is not None and shared.slots > 1:
+            self._add(shared.counters(shared.slot), connections=False)
+            threading.Thread(target=self._publish, daemon=True).start()
+
+    def snapshot(self):
+        with self._lock:
+            return {"requests": [[r, s, n] for (r, s), n in self.requests.items()],
+                    "bytes": [[r, n] for r, n in self.bytes.items()],
+                    "lookups": [[k, m, n] for (k, m), n in self.lookups.items()],
+                    "connections": self.open_connections}
+
+    def _add(self, snap, connections=True, into=None):
+        """Add a snapshot's counts to `into` (this object's own counters by default)."""
+        target = into if into is not None else self
+        for r, s, n in snap.get("requests", ()):
+            target.requests[r, s] = target.requests.get((r, s), 0) + n
+        for r, n in snap.get("bytes", ()):
+            target.bytes[r] = target.bytes.get(r, 0) + n
+        for k, m, n in snap.get("lookups", ()):
+            target.lookups[k, m] = target.lookups.get((k, m), 0) + n
+        if connections:
+            target.open_connections += snap.get("connections", 0)
+
+    def _publish(self):
+        while True:
+            self.shared.publish(self.snapshot())
+            time.sleep(1.0)
+
+    def totals(self):
+        """These counters plus every other worker's last published ones."""
+        total = Metrics.__new__(Metrics)
+        total.requests, total.bytes, total.lookups, total.open_connections = {}, {}, {}, 0
+        self._add(self.snapshot(), into=total)
+        if self.shared is not None and self.shared.slots > 1:
+            for slot in range(self.shared.slots):
+                if slot != self.shared.slot:
+                    self._add(self.shared.counters(slot), into=total)
+        return total
 
     def request(self, route, status, sent):
         with self._lock:
@@ -42,10 +82,10 @@ class Metrics:
 
     def render(self, store_stats):
         """The exposition text. `store_stats` is FileStore.stats()."""
-        with self._lock:
-            requests = sorted(self.requests.items())
-            sent = sorted(self.bytes.items())
-            lookups = sorted(self.lookups.items())
+        total = self.totals()
+        requests = sorted(total.requests.items())
+        sent = sorted(total.bytes.items())
+        lookups = sorted(total.lookups.items())
         out = []
         family(out, "bootcfg_build_info", "gauge", "bootcfg version; always 1.",
                [({"version": self.version}, 1)])
@@ -68,8 +108,8 @@ class Metrics:
                "Config files currently served from their last good version because "
                "the file on disk is unusable.", [({}, store_stats["stale"])])
         family(out, "bootcfg_open_connections", "gauge",
-               "Client connections currently open in this process.",
-               [({}, self.open_connections)])
+               "Client connections currently open (all workers).",
+               [({}, total.open_connections)])
         family(out, "bootcfg_worker_restarts_total", "counter",
                "Worker processes that died and were replaced (-workers N > 1).",
                [({}, self.shared.worker_restarts if self.shared is not None else 0)])

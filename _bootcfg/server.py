@@ -69,6 +69,9 @@ LIMITS = types.MappingProxyType({
     # bigger ones travel as IP fragments; GRUB asks for 1024, OVMF for 1468.
     "tftp_max_blksize": 65464,
     "tftp_max_windowsize": 64,
+    # Machines /status keeps a record of (the least recently seen are dropped): a
+    # record is a few KiB, so the default costs tens of MiB at most.
+    "status_machines": 10000,
 })
 
 _DATE_CACHE = [0, ""]
@@ -160,26 +163,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.headers.get("Content-Length", "0").strip() not in ("", "0") or \
                     "Transfer-Encoding" in self.headers:
                 self.close_connection = True  # we do not read request bodies
+            req = None
             try:
                 path, query = split_target(self.path)
             except Refusal as e:
                 self.close_connection = True
                 resp = refused(e)
             else:
-                resp = server.app(Request(self.command, path, query, self.headers,
-                                          self.client_address[0], self.local_address))
-            self._answer(resp, send_body)
+                req = Request(self.command, path, query, self.headers,
+                              self.client_address[0], self.local_address)
+                resp = server.app(req)
+            self._answer(resp, send_body, req)
         finally:
             server.request_finished()
 
-    def _answer(self, resp, send_body):
+    def _answer(self, resp, send_body, req=None):
         """Send `resp`, then count and log it: the one way out of this handler."""
         started = self._started or time.perf_counter()
         self._started = None
         if self.server.stopping:
             self.close_connection = True
         sent = self._send(resp, send_body and resp.status != 304)
-        self.server.app.record(resp, sent)
+        self.server.app.record(resp, sent, req, (time.perf_counter() - started) * 1000)
         if access.isEnabledFor(logging.INFO):   # -log-level warning: no line to build
             self._log_access(resp, sent, started)
 

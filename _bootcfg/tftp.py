@@ -141,11 +141,11 @@ class TftpServer:
         resp = refused(Refusal(kind if code != ACCESS_VIOLATION or method != "WRQ"
                                else "bad method", message))
         resp.route = "tftp:other"
-        self._finish(method, name or "-", client, resp, 0, True, started)
+        self._finish(method, name or "-", client, resp, 0, True, started, None)
 
     def _transfer(self, name, options, local, client, started):
         sock = None
-        resp = None
+        resp = req = None
         sent, complete = 0, False
         try:
             sock = socket.socket(socket.AF_INET if "." in local or not local else
@@ -154,8 +154,8 @@ class TftpServer:
             sock.connect(client)
             path, _, qs = name.lstrip("/").partition("?")
             query = {k: v[0] for k, v in parse_qs(qs, keep_blank_values=True).items()}
-            resp = self.app.tftp(Request("RRQ", path, query, {}, client[0],
-                                         sock.getsockname()[:2]))
+            req = Request("RRQ", path, query, {}, client[0], sock.getsockname()[:2])
+            resp = self.app.tftp(req)
             if resp.status != 200:
                 code = NOT_FOUND if resp.status == 404 else \
                     ACCESS_VIOLATION if resp.status in (400, 403) else NOT_DEFINED
@@ -177,13 +177,13 @@ class TftpServer:
                 self.transfers -= 1
             if resp is None:
                 resp = refused(Refusal("internal", "internal error"))
-            self._finish("RRQ", name, client, resp, sent, complete, started)
+            self._finish("RRQ", name, client, resp, sent, complete, started, req)
 
-    def _finish(self, method, name, client, resp, sent, complete, started):
-        self.app.record(resp, sent if complete else -1)
+    def _finish(self, method, name, client, resp, sent, complete, started, req):
+        ms = (time.perf_counter() - started) * 1000
+        self.app.record(resp, sent if complete else -1, req, ms)
         if not access.isEnabledFor(logging.INFO):
             return
-        ms = (time.perf_counter() - started) * 1000
         request = "%s %s" % (method, printable(name))
         uuid, mac = resp.machine or ("", "")
         fields = {"client": client[0], "method": method, "path": printable(name),

@@ -3,18 +3,16 @@
 The master binds (or is handed) the listening sockets, forks the workers and then
 only waits for signals: it serves nothing and starts no thread, so it never forks
 from a threaded process. A worker that dies is logged with its exit status,
-counted (`bootcfg_worker_restarts_total`, through a page of shared memory every
-worker reads), and replaced: at once the first time, then with a doubling delay
+counted (`bootcfg_worker_restarts_total`, in the memory every worker shares:
+shared.py), and replaced: at once the first time, then with a doubling delay
 while it keeps dying young. When every worker keeps dying the master exits 1 and
 leaves the restarting to systemd. SIGTERM or SIGINT to the master stops every
 worker and waits for them to finish their requests.
 """
 
 import logging
-import mmap
 import os
 import signal
-import struct
 import time
 
 from _bootcfg.logs import lifecycle
@@ -22,23 +20,6 @@ from _bootcfg.logs import lifecycle
 log = logging.getLogger("bootcfg")
 
 SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
-
-
-class Shared:
-    """Counters the master writes and every worker reads: one anonymous shared
-    page, mapped before the first fork. One writer, so no lock."""
-
-    _RESTARTS = struct.Struct("<Q")
-
-    def __init__(self):
-        self._page = mmap.mmap(-1, mmap.PAGESIZE)
-
-    @property
-    def worker_restarts(self):
-        return self._RESTARTS.unpack_from(self._page, 0)[0]
-
-    def add_restart(self):
-        self._RESTARTS.pack_into(self._page, 0, self.worker_restarts + 1)
 
 
 class _Slot:
@@ -53,7 +34,9 @@ class _Slot:
 def supervise(count, run_worker, limits, shared, on_ready=None):
     """Run as the master of `count` workers; returns the exit status.
 
-    `run_worker()` runs in each forked child and returns its exit status;
+    `run_worker()` runs in each forked child (with `shared.slot` set to the
+    child's slot: a replacement takes over its predecessor's) and returns its
+    exit status;
     `on_ready()` is called once every worker has been started."""
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     # SIGCHLD's default action is to discard it; with a handler it stays pending
@@ -61,7 +44,7 @@ def supervise(count, run_worker, limits, shared, on_ready=None):
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     slots = [_Slot(i) for i in range(count)]
     for slot in slots:
-        _start(slot, run_worker)
+        _start(slot, run_worker, shared)
     lifecycle.info("%d worker processes share the listening sockets (master pid %d)",
                    count, os.getpid())
     if on_ready is not None:
@@ -82,7 +65,7 @@ def supervise(count, run_worker, limits, shared, on_ready=None):
                     now - slot.started >= limits["worker_min_uptime"]:
                 slot.crashes = 0          # it has stayed up: the loop is over
             if slot.restart_at is not None and now >= slot.restart_at:
-                _start(slot, run_worker)
+                _start(slot, run_worker, shared)
         if all(s.crashes >= limits["worker_crash_limit"] for s in slots):
             log.error("every worker died %d times in a row, each within %.0fs of its "
                       "start; exiting so that the service manager restarts bootcfg",
@@ -91,11 +74,12 @@ def supervise(count, run_worker, limits, shared, on_ready=None):
             return 1
 
 
-def _start(slot, run_worker):
+def _start(slot, run_worker, shared):
     slot.restart_at = None
     pid = os.fork()
     if pid == 0:
         status = 1
+        shared.slot = slot.number
         try:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

@@ -1,0 +1,209 @@
+"""Boot tracking: which machines got how far, for /status and /status.json.
+
+Every answer that is a step of a boot becomes an event (`Tracker.observe`, from
+`App.record`): chainload scripts, boot scripts (/ipxe, /pixiecore, /grub),
+cloud-configs and Ignition configs, and image and TFTP downloads. Events go to
+this process's ring in shared memory (shared.py); `Tracker.view()` replays the
+events of every worker's ring it has not seen yet into one record per machine
+(by MAC, else UUID, else client address), so every worker shows the same fleet
+and a replaced worker's events are not lost. No lock is shared per request.
+
+Downloads and chainloads name no machine: they are tied to the machine that
+next (or last) fetched a boot script from the same client address. A boot
+script starts a new attempt; the steps it expects follow from its config: the
+kernel and initrds this bootcfg serves, and a cloud-config or Ignition URL
+pointing at it.
+"""
+
+import collections
+import threading
+import time
+
+from _bootcfg.answers import printable
+
+# Routes whose answers are boot steps, by kind.
+KINDS = {
+    "/boot.ipxe": "chain", "/boot.ipxe.0": "chain", "/grub/grub.cfg": "chain",
+    "tftp:grub/grub.cfg": "chain", "tftp:boot.ipxe": "chain",
+    "/ipxe": "script", "/pixiecore/v1/boot/": "script", "/grub": "script",
+    "tftp:grub": "script", "tftp:ipxe": "script",
+    "/cloud": "config", "/ignition": "config", "/ignition/shared/": "config",
+    "/images/": "file", "tftp:images": "file",
+}
+STATES = ("booting", "handed off", "stuck", "failed")
+_FIELDS = ("t", "kind", "route", "client", "uuid", "mac", "hostname", "serial", "arch",
+           "platform", "status", "file", "path", "sent", "total", "ms", "expects", "problem")
+_SEP = "\x1f"
+PENDING_SECONDS = 600      # early steps (shim, GRUB, chainload) wait this long for a script
+
+
+def _clean(value, limit=160):
+    return printable(str(value), limit).replace(_SEP, " ")
+
+
+class Tracker:
+    def __init__(self, shared, stuck_after=120.0, max_machines=10000):
+        self.shared = shared
+        self.stuck_after = stuck_after
+        self.max_machines = max_machines
+        self.records = collections.OrderedDict()      # key -> record dict
+        self._pending = collections.OrderedDict()     # client -> [early steps]
+        self._client_machine = collections.OrderedDict()   # client -> key
+        self._positions = [0] * shared.slots
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ writing
+
+    def observe(self, route, req, resp, sent, ms, expects=(), problem=""):
+        """Record one answer, if it is a boot step (cheap otherwise)."""
+        kind = KINDS.get(route)
+        if kind is None or req is None:
+            return
+        query = req.query
+        uuid, mac = resp.machine if resp.machine else ("", "")
+        values = (time.time(), kind, route, req.client, uuid, mac, query.get("hostname", ""),
+                  query.get("serial", ""), query.get("arch", ""), query.get("platform", ""),
+                  resp.status, resp.matched, req.path, sent, resp.length, round(ms, 1),
+                  "|".join("%s>%s" % e for e in expects), problem)
+        self.shared.append(_SEP.join(_clean(v) for v in values).encode("utf-8", "replace"))
+
+    # ------------------------------------------------------------ reading
+
+    def view(self):
+        """Bring the records up to date with every worker's new events."""
+        with self._lock:
+            for slot in range(self.shared.slots):
+                events, self._positions[slot] = self.shared.events_since(
+                    slot, self._positions[slot])
+                for data in events:
+                    fields = data.decode("utf-8", "replace").split(_SEP)
+                    if len(fields) == len(_FIELDS):
+                        self._apply(dict(zip(_FIELDS, fields)))
+            return list(self.records.values())
+
+    def _apply(self, ev):
+        t = float(ev["t"])
+        client = ev["client"]
+        step = {"step": ev["route"], "status": int(ev["status"]), "file": ev["file"],
+                "ms": float(ev["ms"]), "bytes": int(ev["sent"]), "total": int(ev["total"]),
+                "at": t, "path": ev["path"], "problem": ev["problem"]}
+        step["complete"] = step["bytes"] >= 0 and step["status"] < 400
+        kind = ev["kind"]
+        if kind == "chain":
+            step["step"] = "chainload"
+            self._add_pending(client, step, t)
+        elif kind == "script":
+            step["step"] = "boot script"
+            key = ev["mac"] or ev["uuid"] or client
+            rec = self._record(key, ev, t)
+            early = [s for s in self._pending.pop(client, []) if t - s["at"] < PENDING_SECONDS]
+            if rec["attempt"] is not None:
+                rec["previous"].appendleft(summary(rec["attempt"], self.stuck_after, t))
+            expects = [tuple(e.split(">", 1)) for e in ev["expects"].split("|") if ">" in e]
+            rec["attempt"] = {"started": (early[0]["at"] if early else t), "steps": [],
+                              "expects": expects, "progressed": t,
+                              "via": ev["route"].replace("tftp:", "TFTP ")}
+            for s in early + [step]:
+                self._add_step(rec, s)
+            self._client_machine[client] = key
+            self._client_machine.move_to_end(client)
+            _trim(self._client_machine, 2 * self.max_machines)
+        elif kind == "config":
+            step["step"] = "ignition" if "ignition" in ev["route"] else "cloud-config"
+            key = ev["mac"] or ev["uuid"] or self._client_machine.get(client) or client
+            rec = self._record(key, ev, t)
+            self._add_step(rec, step)
+        else:                                        # a file download
+            key = self._client_machine.get(client)
+            rec = self.records.get(key) if key else None
+            pending = self._pending.get(client)
+            if rec is None or rec["attempt"] is None or (
+                    pending and pending[-1]["at"] > rec["attempt"]["started"]):
+                step["step"] = "file " + step["path"].rsplit("/", 1)[-1]
+                self._add_pending(client, step, t)
+                return
+            step["step"] = _step_name(rec["attempt"]["expects"], step["path"])
+            self._add_step(rec, step)
+            self.records.move_to_end(key)
+            rec["last"] = t
+
+    def _add_pending(self, client, step, t):
+        steps = self._pending.setdefault(client, [])
+        steps.append(step)
+        del steps[:-20]
+        self._pending.move_to_end(client)
+        _trim(self._pending, 2 * self.max_machines)
+
+    def _record(self, key, ev, t):
+        rec = self.records.get(key)
+        if rec is None:
+            rec = {"key": key, "first": t, "attempt": None,
+                   "previous": collections.deque(maxlen=3)}
+            self.records[key] = rec
+            _trim(self.records, self.max_machines)
+        self.records.move_to_end(key)
+        rec["last"] = t
+        rec["client"] = ev["client"]
+        for name in ("uuid", "mac", "hostname", "serial", "arch", "platform"):
+            if ev[name]:
+                rec[name] = ev[name]
+        return rec
+
+    def _add_step(self, rec, step):
+        attempt = rec["attempt"]
+        if attempt is None:
+            attempt = rec["attempt"] = {"started": step["at"], "steps": [], "expects": [],
+                                        "progressed": step["at"], "via": ""}
+        steps = attempt["steps"]
+        for i, old in enumerate(steps):            # a retried step replaces the try
+            if old["step"] == step["step"]:
+                del steps[i]
+                break
+        steps.append(step)
+        del steps[:-30]
+        attempt["progressed"] = step["at"]
+
+
+def _trim(ordered, limit):
+    while len(ordered) > limit:
+        ordered.popitem(last=False)
+
+
+def _step_name(expects, path):
+    """The expected step a downloaded path is (kernel, initrd x), else file x."""
+    name = path.rsplit("/", 1)[-1]
+    for step, expected in expects:
+        if expected.lstrip("/") == path.lstrip("/") or \
+                ("/images/" + path.lstrip("/")) == expected or \
+                expected.rsplit("/", 1)[-1] == name and step != "cloud-config":
+            return step
+    return "file " + name
+
+
+def state(attempt, stuck_after, now):
+    """(state, problem) of an attempt."""
+    if attempt is None:
+        return "booting", ""
+    steps = {s["step"]: s for s in attempt["steps"]}
+    for s in attempt["steps"]:
+        if s["status"] >= 400:
+            return "failed", "%s: %d %s%s" % (s["step"], s["status"], s["file"] or s["path"],
+                                               " (%s)" % s["problem"] if s["problem"] else "")
+        if s["bytes"] < 0 or (s["step"] != "boot script" and s["status"] == 200 and
+                              s["total"] and s["bytes"] < s["total"]):
+            return "failed", "%s: cut off after %s of %d bytes" % (
+                s["step"], max(s["bytes"], 0) if s["bytes"] >= 0 else "some", s["total"])
+    done = all(step in steps and steps[step]["complete"] for step, _ in attempt["expects"])
+    if "boot script" in steps and done:
+        return "handed off", ""
+    if now - attempt["progressed"] > stuck_after:
+        waiting = [step for step, _ in attempt["expects"] if step not in steps]
+        return "stuck", "no progress for %ds%s" % (
+            now - attempt["progressed"], "; waiting for " + ", ".join(waiting) if waiting else "")
+    return "booting", ""
+
+
+def summary(attempt, stuck_after, now):
+    st, problem = state(attempt, stuck_after, now)
+    return {"started": attempt["started"], "state": st, "problem": problem,
+            "steps": len(attempt["steps"]), "expected": len(attempt["expects"])}
