@@ -390,10 +390,56 @@ def memory_and_startup(work):
     print("| single file: `--version` | %.0f ms |" % version_ms)
 
 
+STATUS_MEMORY = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from _bootcfg.answers import Request, Response
+from _bootcfg.shared import Shared
+from _bootcfg.status import Tracker
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+before = rss()
+t = Tracker(Shared(1), max_machines=10000)
+resp = Response(200)
+started = time.perf_counter()
+for i in range(100000):
+    mac = "52:54:%02x:%02x:%02x:%02x" % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255, i & 255)
+    client = "10.%d.%d.%d" % (i >> 16 & 255, i >> 8 & 255, i & 255)
+    for route, path in (("/boot.ipxe", "/boot.ipxe"), ("/ipxe", "/ipxe"),
+                        ("/images/", "/images/vmlinuz"), ("/images/", "/images/initrd.gz"),
+                        ("/cloud", "/cloud")):
+        resp.machine = ("", mac) if route in ("/ipxe", "/cloud") else ("", "")
+        resp.expects = [("kernel", "/images/vmlinuz"), ("initrd initrd.gz", "/images/initrd.gz"),
+                        ("cloud-config", "/cloud")] if route == "/ipxe" else ()
+        t.observe(route, Request("GET", path, {}, {}, client), resp, 100, 0.1)
+    if i % 5000 == 4999:
+        t.view()
+observed = time.perf_counter() - started
+records = t.view()
+print(len(records), (rss() - before) / 1024.0, observed / 500000 * 1e6)
+"""
+
+
+def status_memory(work):
+    out = subprocess.run([sys.executable, "-c", STATUS_MEMORY, ROOT], stdout=subprocess.PIPE,
+                         text=True, check=True).stdout.split()
+    print("\n## /status records (100,000 machines, 5 steps each, 10,000 kept)\n")
+    print("| figure | value |")
+    print("|---|---:|")
+    print("| records kept | %s |" % out[0])
+    print("| memory for them (RSS growth, shared ring included) | %.1f MiB |" % float(out[1]))
+    print("| cost of recording one step and replaying it | %.1f us |" % float(out[2]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--skip", default="", help="comma list of: config,images,storm,memory")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: config,images,storm,memory,status")
     ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
                     help="bootcfg -workers for the multi-process rows (default 2 per CPU)")
     ap.add_argument("--baseline", metavar="REV",
@@ -419,6 +465,8 @@ def main():
             boot_storm(work, args.workers)
         if "memory" not in skip:
             memory_and_startup(work)
+        if "status" not in skip and os.path.exists(os.path.join(ROOT, "_bootcfg", "status.py")):
+            status_memory(work)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ def test_bios_ipxe_chainload(e2e_server, guests):
     assert cloud_of(m.group(0)) == "#cloud-config\nhostname: bios-%s\n" % token
     assert re.search(r"E2E-CMDLINE: .*e2e\.machine=bios", g.text())
     assert e2e_server.wait_log(r'"GET /images/initrd.gz" 200')
+    # and /status saw it through: every expected step, handed off
+    import json
+    status, _, body = e2e_server.get("/status.json")
+    machine = [m for m in json.loads(body)["machines"] if m["mac"] == "52:54:00:e2:00:01"][0]
+    assert machine["state"] == "handed off", machine
+    assert machine["expected"] == ["kernel", "initrd initrd.gz", "cloud-config"]
+    assert machine["platform"] == "pcbios" and machine["arch"] == "i386"
 
 
 def test_uefi_boots_without_initrd_in_config(e2e_server, guests):
