@@ -327,7 +327,12 @@ def expected_steps(cfg, req):
     kernel and initrds served here (bare /images/ paths, or URLs on the host the
     request came to) and a cloud-config or Ignition config at /cloud, /ignition."""
     host = (req.headers.get("Host") or "") if req.headers else ""
-    mine = {host, "%s:%s" % req.local[:2] if req.local else ""} - {""}
+    return _expected_steps(cfg, host, "%s:%s" % req.local[:2] if req.local else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _expected_steps(cfg, host, local):
+    mine = {host, local} - {""}
     out = []
     for step, url in [("kernel", cfg.kernel)] + [("initrd " + u.rsplit("/", 1)[-1], u)
                                                    for u in cfg.initrd]:

@@ -5,13 +5,14 @@ first fork, so with -workers N every worker sees what the others did.
     per slot    a counters snapshot (its worker's /metrics counters, republished
                 every second) and a ring of boot events (what /status is made of)
 
-No lock is shared between processes: each slot has one writing process (the
-worker in that slot; its threads take an ordinary lock), and readers check a
-sequence number around every read, so a half-written entry is skipped, never
-misread. A replacement worker takes over its slot's ring and counters, so
+No lock is shared between processes, and none is taken per event: each slot
+has one writing process (the worker in that slot), its threads number their
+events from one counter, and readers check a sequence number around every read,
+so a half-written entry is skipped, never misread. A replacement worker takes over its slot's ring and counters, so
 nothing is lost when a worker dies.
 """
 
+import itertools
 import json
 import mmap
 import struct
@@ -32,6 +33,7 @@ class Shared:
         # Anonymous and shared: pages never written cost no memory.
         self._map = mmap.mmap(-1, HEADER + slots * self.slot_size)
         self.slot = 0                   # the slot this process writes; set after fork
+        self._next = None               # numbers this process's events, from its slot's count
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ master's counts
@@ -49,15 +51,21 @@ class Shared:
         return HEADER + slot * self.slot_size + self.counters_size
 
     def append(self, payload):
-        """Add one event (bytes, cut to fit) to this process's ring."""
+        """Add one event (bytes, cut to fit) to this process's ring. No lock: each
+        event takes its own number (next() of a counter is atomic under the GIL),
+        and an entry becomes valid only when its sequence number is written."""
         payload = payload[:self.event_size - _ENTRY.size]
         base = self._ring(self.slot)
-        with self._lock:
-            n = _Q.unpack_from(self._map, base)[0]
-            at = base + 64 + (n % self.ring_events) * self.event_size
-            _ENTRY.pack_into(self._map, at, 0, 0)                 # invalid while written
-            self._map[at + _ENTRY.size:at + _ENTRY.size + len(payload)] = payload
-            _ENTRY.pack_into(self._map, at, n + 1, len(payload))
+        if self._next is None:
+            with self._lock:
+                if self._next is None:    # continue the slot's count (a replaced worker)
+                    self._next = itertools.count(_Q.unpack_from(self._map, base)[0])
+        n = next(self._next)
+        at = base + 64 + (n % self.ring_events) * self.event_size
+        _ENTRY.pack_into(self._map, at, 0, 0)                     # invalid while written
+        self._map[at + _ENTRY.size:at + _ENTRY.size + len(payload)] = payload
+        _ENTRY.pack_into(self._map, at, n + 1, len(payload))
+        if _Q.unpack_from(self._map, base)[0] < n + 1:
             _Q.pack_into(self._map, base, n + 1)
 
     def events_since(self, slot, position):
@@ -73,7 +81,7 @@ class Shared:
             data = bytes(self._map[at + _ENTRY.size:at + _ENTRY.size + length])
             if seq == n + 1 and _ENTRY.unpack_from(self._map, at)[0] == seq:
                 out.append(data)
-        return out, count
+        return out, max(position, count)
 
     # ------------------------------------------------------------ counters
 

@@ -38,7 +38,12 @@ PENDING_SECONDS = 600      # early steps (shim, GRUB, chainload) wait this long 
 
 
 def _clean(value, limit=160):
-    return printable(str(value), limit).replace(_SEP, " ")
+    """A field as it can be stored: printable, bounded, no separator. Plain
+    printable ASCII (nearly everything) takes the fast path."""
+    text = value if type(value) is str else str(value)
+    if len(text) <= limit and text.isascii() and text.isprintable() and _SEP not in text:
+        return text
+    return printable(text, limit).replace(_SEP, " ")
 
 
 class Tracker:
@@ -61,11 +66,16 @@ class Tracker:
             return
         query = req.query
         uuid, mac = resp.machine if resp.machine else ("", "")
-        values = (time.time(), kind, route, req.client, uuid, mac, query.get("hostname", ""),
-                  query.get("serial", ""), query.get("arch", ""), query.get("platform", ""),
-                  resp.status, resp.matched, req.path, sent, resp.length, round(ms, 1),
+        values = ("%.3f" % time.time(), kind, route, req.client, uuid, mac,
+                  query.get("hostname", ""), query.get("serial", ""), query.get("arch", ""),
+                  query.get("platform", ""), str(resp.status), resp.matched, req.path,
+                  str(sent), str(resp.length), "%.1f" % ms,
                   "|".join("%s>%s" % e for e in expects), problem)
-        self.shared.append(_SEP.join(_clean(v) for v in values).encode("utf-8", "replace"))
+        if "".join(values).isprintable() and all(len(v) <= 160 for v in values):
+            line = _SEP.join(values)          # the usual case: nothing to clean
+        else:
+            line = _SEP.join(map(_clean, values))
+        self.shared.append(line.encode("utf-8", "replace"))
 
     # ------------------------------------------------------------ reading
 

@@ -194,11 +194,14 @@ def make_data(work, machines):
     return data
 
 
-def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 10000, 100000)):
+def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 10000, 100000),
+                     only=None, conns=(1, 10, 100)):
     """`baseline`: (command, label) of another build benched in the same run."""
     paths = {"/ipxe": "/ipxe?uuid=%s&mac=%s" % (UUID, MAC),
              "/pixiecore": "/pixiecore/v1/boot/" + MAC,
              "/cloud": "/cloud?mac=" + MAC}
+    if only:
+        paths = {k: v for k, v in paths.items() if k in only}
     rows = []
     for machines in sizes if not os.environ.get("BENCH_QUICK") else (10,):
         mwork = tempfile.mkdtemp(dir=work)
@@ -222,7 +225,7 @@ def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 1
             if old is not None:
                 for path in paths.values():     # the baseline answers the same
                     assert get(old.port, path)[0] == 200, path
-            conns_list = (1, 10, 100) if machines == 10 else (10,)
+            conns_list = conns if machines == 10 else (10,)
             for name, path in paths.items():
                 for conns in conns_list:
                     ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
@@ -446,6 +449,8 @@ def main():
                     help="also bench this git revision, in the same run (config rows)")
     ap.add_argument("--machines", default="10,10000,100000",
                     help="comma list of data sizes for the config rows")
+    ap.add_argument("--endpoints", default="", help="comma list, e.g. /ipxe,/cloud (all)")
+    ap.add_argument("--conns", default="1,10,100", help="connection counts for 10 machines")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool):
@@ -458,7 +463,9 @@ def main():
         baseline = export_revision(args.baseline, work) if args.baseline else None
         if "config" not in skip:
             config_endpoints(work, args.seconds, work, args.workers, baseline,
-                             tuple(int(m) for m in args.machines.split(",")))
+                             tuple(int(m) for m in args.machines.split(",")),
+                             [e for e in args.endpoints.split(",") if e],
+                             tuple(int(c) for c in args.conns.split(",")))
         if "images" not in skip:
             image_throughput(work, args.seconds)
         if "storm" not in skip:
