@@ -195,7 +195,7 @@ def make_data(work, machines):
 
 
 def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 10000, 100000),
-                     only=None, conns=(1, 10, 100)):
+                     only=None, conn_counts=(1, 10, 100)):
     """`baseline`: (command, label) of another build benched in the same run."""
     paths = {"/ipxe": "/ipxe?uuid=%s&mac=%s" % (UUID, MAC),
              "/pixiecore": "/pixiecore/v1/boot/" + MAC,
@@ -225,7 +225,7 @@ def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 1
             if old is not None:
                 for path in paths.values():     # the baseline answers the same
                     assert get(old.port, path)[0] == 200, path
-            conns_list = conns if machines == 10 else (10,)
+            conns_list = conn_counts if machines == 10 else (10,)
             for name, path in paths.items():
                 for conns in conns_list:
                     ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
