@@ -258,8 +258,8 @@ class App:
                         content_type="application/json", matched=match.path,
                         machine=("", mac))
         # Pixiecore downloads kernel and initrd from its own address: not expected.
-        resp.expects = [e for e in expected_steps(match.value, req)
-                        if e[0] in ("cloud-config", "ignition")]
+        resp.expects = tuple(e for e in expected_steps(match.value, req)
+                             if e[0] in ("cloud-config", "ignition"))
         return resp
 
     def status_html(self, req):
@@ -347,7 +347,7 @@ def _expected_steps(cfg, host, local):
             step, path = CONFIG_URLS[name]
             if urlsplit(value).path == path:
                 out.append((step, path))
-    return out
+    return tuple(out)
 
 
 def grub_device(req):

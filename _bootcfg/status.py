@@ -16,6 +16,7 @@ pointing at it.
 """
 
 import collections
+import functools
 import threading
 import time
 
@@ -66,12 +67,13 @@ class Tracker:
             return
         query = req.query
         uuid, mac = resp.machine if resp.machine else ("", "")
+        get = query.get
         values = ("%.3f" % time.time(), kind, route, req.client, uuid, mac,
-                  query.get("hostname", ""), query.get("serial", ""), query.get("arch", ""),
-                  query.get("platform", ""), str(resp.status), resp.matched, req.path,
-                  str(sent), str(resp.length), "%.1f" % ms,
-                  "|".join("%s>%s" % e for e in expects), problem)
-        if "".join(values).isprintable() and all(len(v) <= 160 for v in values):
+                  get("hostname", ""), get("serial", ""), get("arch", ""), get("platform", ""),
+                  "%d" % resp.status, resp.matched, req.path, "%d" % sent, "%d" % resp.length,
+                  "%.1f" % ms, _expects_text(expects), problem)
+        flat = "".join(values)
+        if flat.isprintable() and len(flat) < 240:
             line = _SEP.join(values)          # the usual case: nothing to clean
         else:
             line = _SEP.join(map(_clean, values))
@@ -172,6 +174,11 @@ class Tracker:
         steps.append(step)
         del steps[:-30]
         attempt["progressed"] = step["at"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _expects_text(expects):
+    return "|".join("%s>%s" % e for e in expects)
 
 
 def _trim(ordered, limit):
