@@ -11,10 +11,11 @@ storm of 2,000 simulated machines 200 at a time, memory, and start-up time of th
 single file. Not a test: the figures depend on the machine and its load.
 
 With --baseline REV (any git revision: a commit, a tag, HEAD~3) the revision is
-exported to a temporary directory and benched in the same run, each measurement
-right after the current code's, so a change reports before/after figures that
-shared the machine's conditions: the config table gains the baseline's req/s, p99
-and the ratio current/baseline.
+exported to a temporary directory and benched in the same run: each row
+alternates five short rounds of the current code and the baseline and keeps the
+median of each, so a change reports before/after figures that shared the
+machine's conditions: the config table gains the baseline's req/s, p99 and the
+ratio current/baseline.
 """
 
 import argparse
@@ -148,7 +149,7 @@ http {
 
 def wrk(url, conns, seconds):
     threads = min(conns, 2)
-    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % seconds,
+    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % conns, "-d%gs" % max(seconds, 1),
                           "--latency", url], stdout=subprocess.PIPE, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -159,6 +160,17 @@ def wrk(url, conns, seconds):
     return {"rps": rps, "p99_ms": float(p99.group(1)) * scale,
             "errors": int(errors.group(1)) if errors else 0,
             "bytes": float(read.group(1)) * unit}
+
+
+ROUNDS = 5
+
+
+def median_run(runs):
+    """The run with the median req/s (its p99 with it), errors summed."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    out = dict(ordered[len(ordered) // 2])
+    out["errors"] = sum(r["errors"] for r in runs)
+    return out
 
 
 def get(port, path):
@@ -228,9 +240,18 @@ def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 1
             conns_list = conn_counts if machines == 10 else (10,)
             for name, path in paths.items():
                 for conns in conns_list:
-                    ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
-                    before = wrk("http://127.0.0.1:%d%s" % (old.port, path), conns,
-                                 seconds) if old else None
+                    if old is None:
+                        ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
+                        before = None
+                    else:
+                        # Alternate short rounds and keep the medians: one run each
+                        # moves +-10% with the machine's load here.
+                        runs = [(wrk("http://127.0.0.1:%d%s" % (b.port, path), conns,
+                                     seconds / ROUNDS),
+                                 wrk("http://127.0.0.1:%d%s" % (old.port, path), conns,
+                                     seconds / ROUNDS)) for _ in range(ROUNDS)]
+                        ours = median_run([r[0] for r in runs])
+                        before = median_run([r[1] for r in runs])
                     ref = wrk("http://127.0.0.1:%d/%s" % (n.port, name.strip("/")), conns,
                               seconds)
                     rows.append((machines, w, name, conns, ours, before, ref))
