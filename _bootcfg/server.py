@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import types
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from _bootcfg import __version__
 from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, printable,
@@ -123,6 +123,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         # The address this connection arrived at (not the listening wildcard).
         self.local_address = self.connection.getsockname()[:2]
+        # Whether access lines are logged, looked up once per connection.
+        self.log_access = access.isEnabledFor(logging.INFO)
 
     def parse_request(self):
         """The request line (already in raw_requestline) and the headers, read from
@@ -241,7 +243,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         sent = self._send(resp, send_body and resp.status != 304)
         self.server.app.record(resp, sent, req, (time.perf_counter() - started) * 1000)
-        if access.isEnabledFor(logging.INFO):   # -log-level warning: no line to build
+        if self.log_access:                     # -log-level warning: no line to build
             self._log_access(resp, sent, started)
 
     def _send(self, resp, send_body):
@@ -379,8 +381,17 @@ def split_target(target):
     path, _, qs = target.partition("?")
     query = {}
     if qs:
-        for name, values in parse_qs(qs, keep_blank_values=True).items():
-            query[name] = values[0]
+        # parse_qs(keep_blank_values=True) with the first value of each name, without
+        # its generality: '&' separates, '+' is a space, %XX is decoded.
+        for part in qs.split("&"):
+            if not part:
+                continue
+            name, _, value = part.partition("=")
+            if "+" in name or "%" in name:
+                name = unquote(name.replace("+", " "))
+            if name not in query:
+                query[name] = unquote(value.replace("+", " ")) \
+                    if "+" in value or "%" in value else value
     return path, query
 
 
@@ -417,7 +428,7 @@ class BootServer(http.server.ThreadingHTTPServer):
         self.address_family = sock.family
         self.stopping = False
         self.open_connections = 0
-        self.busy = 0
+        self._in_flight = []
         self._count_lock = threading.Lock()
         super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
         self.socket.close()
@@ -474,13 +485,17 @@ class BootServer(http.server.ThreadingHTTPServer):
         self.app.record(resp, sent)
         self.shutdown_request(request)
 
+    # Requests in flight, for a graceful stop: appending to and popping from a list
+    # are atomic under the GIL, so no lock is taken per request.
     def request_started(self):
-        with self._count_lock:
-            self.busy += 1
+        self._in_flight.append(None)
 
     def request_finished(self):
-        with self._count_lock:
-            self.busy -= 1
+        self._in_flight.pop()
+
+    @property
+    def busy(self):
+        return len(self._in_flight)
 
     def handle_error(self, request, client_address):
         e = sys.exc_info()[1]

@@ -97,6 +97,7 @@ def test_broken_config_is_500_with_reason_in_log(server, data_dir):
     path = str(data_dir / "boot/mac/52-54-00-89-D8-11")
     write(path, '{"kernel": "/k", "cmdline": ["ok", "bad\\nchain http://x"]}')
     os.utime(path, (time.time() - 5,) * 2)
+    time.sleep(0.15)          # a new file is seen within dir_check_seconds (0.1 s)
     status, _, body = server.get("/ipxe?mac=52:54:00:89:d8:11")
     assert status == 500 and b"boot/mac/52-54-00-89-D8-11" in body
     assert server.wait_log(r"52-54-00-89-D8-11: cmdline\[1\]: .*control character")

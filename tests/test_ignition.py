@@ -206,6 +206,7 @@ def test_megabytes_of_data_urls_are_served(ign):
     path = str(ign.data / "ignition/mac/52:54:00:00:00:42")
     write(path, big)
     os.utime(path, (time.time() - 5,) * 2)
+    time.sleep(0.15)          # a new file is seen within dir_check_seconds (0.1 s)
     status, _, body = ign.get("/ignition?mac=52:54:00:00:00:42")
     assert status == 200 and body == big
 

@@ -202,3 +202,16 @@ def test_version_dependent_cases_are_refused(name):
 
 def test_header_limit_is_the_documented_one():
     assert MAX_HEADER_BYTES == 64 * 1024
+
+
+def test_query_parsing_is_parse_qs_first_values():
+    """split_target's own query parser against parse_qs(keep_blank_values=True),
+    on 20,000 random queries of the characters that matter."""
+    from urllib.parse import parse_qs
+    from _bootcfg.server import split_target
+    rng = random.Random(3)
+    alphabet = ["a", "b", "=", "&", "+", "%20", "%2B", "%3D", "%26", "%zz", "%C3%A9", ";", "x"]
+    for _ in range(20000):
+        qs = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        want = {k: v[0] for k, v in parse_qs(qs, keep_blank_values=True).items()}
+        assert split_target("/p?" + qs)[1] == want, qs

@@ -182,6 +182,7 @@ def test_json_logs(serve, data_dir):
     path = str(data_dir / "boot/mac" / "52:54:00:00:00:42")
     write(path, "{broken")
     os.utime(path, (time.time() - 5,) * 2)
+    time.sleep(0.15)          # a new file is seen within dir_check_seconds (0.1 s)
     s.get("/ipxe?mac=52:54:00:00:00:42")
     assert s.wait_log(r'"reason"') and s.wait_log(r'"status":500')
     records = [json.loads(line) for line in s.log().splitlines()]
