@@ -46,6 +46,10 @@ STORE_LIMITS = {
     # changed: two system calls fewer per request under load, and a new or renamed
     # file is still seen within a tenth of a second.
     "dir_check_seconds": 0.1,
+    # Likewise a file that parsed and has settled is stat()ed at most this often:
+    # an edit or a deletion is seen within a tenth of a second. Files that are
+    # broken or still settling are looked at on every request.
+    "file_check_seconds": 0.1,
     # After reading a changed file, look at its size and times once more this much
     # later: truncation updates the size before the mtime (seen on ext4), and a
     # read in between would take an empty file for a settled one.
@@ -211,9 +215,18 @@ class FileStore:
         """(value, stale, problem) for one file. Raises FileNotFoundError when it
         does not exist, LoadError when it never parsed."""
         path = os.path.join(self.root, rel)
-        st = os.stat(path)
         entry = self._cache.get(rel)
+        now = time.monotonic()
+        if entry is not None and entry.error is None and \
+                now - entry.checked < self.limits["file_check_seconds"]:
+            try:
+                self._cache.move_to_end(rel)
+            except KeyError:  # dropped by another thread just now
+                pass
+            return entry.good, False, ""
+        st = os.stat(path)
         if entry is not None and entry.sig == _signature(st):
+            entry.checked = now
             try:
                 self._cache.move_to_end(rel)
             except KeyError:  # dropped by another thread just now
@@ -304,10 +317,11 @@ class FileStore:
 
 
 class _Entry:
-    __slots__ = ("sig", "error", "good", "size")
+    __slots__ = ("sig", "error", "good", "size", "checked")
 
     def __init__(self, sig, error, good, size):
         self.sig, self.error, self.good, self.size = sig, error, good, size
+        self.checked = -1e9     # monotonic time the file was last seen unchanged
 
     @property
     def pinned(self):

@@ -251,7 +251,8 @@ def test_check_reports_ignition_mistakes(tmp_path):
     lines = out.stdout.splitlines()
     assert out.returncode == 1
     expect = [
-        (str(d / "ignition/default") + ":3:1: error: ", "invalid JSON"),
+        # the position of a trailing comma differs between Pythons (3:1, or 2:35 on 3.13)
+        (str(d / "ignition/default") + ":", "error: invalid JSON"),
         (str(d / "ignition/mac" / MAC1) + ": error: ",
          "$.storage.files.0.path: path not absolute"),
         (str(d / "ignition/uuid" / UUID1) + ": error: ",
