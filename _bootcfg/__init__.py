@@ -7,6 +7,10 @@ render.py); the rest lives here, under a name no other distribution uses:
     app.py       App: the route table, the handlers, the store and counters
     server.py    the HTTP server (knows an app, never a config) and its LIMITS
     workers.py   -workers N: a master that starts, reaps and replaces workers
+    shared.py    memory all workers share (counters, boot events)
+    tftp.py      the read-only TFTP server
+    ignition.py  Ignition configs: validation per spec version
+    status.py    boot tracking; status_page.py renders /status and /status.json
     images.py    static files under /images/ (ranges, validators, confinement)
     metrics.py   counters in Prometheus text format
     check.py     `bootcfg check`
