@@ -144,8 +144,9 @@ def build_parser(command="serve"):
         p.add_argument("-tftp-address", "--tftp-address", default=env("BOOTCFG_TFTP_ADDRESS"),
                        help="also serve read-only TFTP here, e.g. :69, for GRUB and "
                             "firmware that speak nothing else: grub/grub.cfg, grub?..., "
-                            "boot.ipxe, then image files (BOOTCFG_TFTP_ADDRESS; default "
-                            "off; under systemd, a UDP socket passed in turns it on)")
+                            "boot.ipxe, ipxe?..., then image files "
+                            "(BOOTCFG_TFTP_ADDRESS; default off; under systemd, a UDP "
+                            "socket passed in turns it on)")
         p.add_argument("-workers", "--workers", type=positive_int,
                        default=env("BOOTCFG_WORKERS", "1"),
                        help="processes serving the same sockets, started and replaced "

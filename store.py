@@ -190,9 +190,7 @@ class FileStore:
         rel = "%s/shared/%s" % (kind, name)
         try:
             value, stale, problem = self.load(rel, self.parsers[kind], kind)
-        except FileNotFoundError:
-            return Lookup(None, (Step("shared", rel, "missing"),))
-        except NotADirectoryError:
+        except (FileNotFoundError, NotADirectoryError):
             return Lookup(None, (Step("shared", rel, "missing"),))
         except LoadError as e:
             return Lookup(None, (Step("shared", rel, "invalid", e.reason),), e)

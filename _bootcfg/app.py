@@ -27,7 +27,7 @@ from _bootcfg.status import Tracker
 log = logging.getLogger("bootcfg")
 
 IDENTITY = ("bootcfg %s\n" % __version__).encode()
-GRUB_ROUTES = ("/grub", "/grub/grub.cfg", "tftp:grub", "tftp:grub/grub.cfg")
+GRUB_ROUTES = ("/grub", "/grub/grub.cfg")      # over HTTP; TFTP errors are error packets
 # Machine facts a GRUB or iPXE query may carry, besides uuid and mac.
 FACTS = ("hostname", "serial", "domain", "arch", "platform")
 
@@ -91,39 +91,43 @@ class App:
     def __call__(self, req):
         """The answer to one request; the route's name is on it for /metrics."""
         route, handler = self.find_route(req.path)
-        try:
-            if handler is None:
-                raise Refusal("not found", "no such endpoint: %s" % req.path[:200])
-            if route in ADMIN_ROUTES and not self.admin_allowed(req.client):
-                raise Refusal("forbidden", "%s is for the networks in -admin-allow" % route)
-            resp = handler(req)
-        except Refusal as e:
-            resp = refused(e)
-        except Exception:
-            log.exception("internal error on %s %s", req.method, req.path[:200])
-            resp = refused(Refusal("internal",
-                                   "internal error; the server log has the traceback"))
+        if handler is None:
+            handler = self.no_route
+        elif route in ADMIN_ROUTES and not self.admin_allowed(req.client):
+            handler = self.not_admin
+        resp = self.answer(route, handler, req)
         if resp.status >= 400 and route in GRUB_ROUTES:
             # GRUB runs any body it gets as a script: make the error one it shows.
             resp.body = render.grub_echo(resp.body.decode("utf-8", "replace"))
             resp.length = len(resp.body)
-        resp.route = route
         return resp
 
     def tftp(self, req):
         """The answer to a TFTP read request (`req.path` is the file name without
         leading slashes, `req.method` "RRQ"); the route is named tftp:<name>."""
         handler = self.tftp_routes.get(req.path)
-        route = "tftp:" + req.path if handler is not None else "tftp:images"
+        if handler is None:
+            return self.answer("tftp:images", self.tftp_image, req)
+        return self.answer("tftp:" + req.path, handler, req)
+
+    def answer(self, route, handler, req):
+        """handler(req), with every failure made a status: the one place."""
         try:
-            resp = handler(req) if handler is not None else self.tftp_image(req)
+            resp = handler(req)
         except Refusal as e:
             resp = refused(e)
         except Exception:
-            log.exception("internal error on TFTP %s", printable(req.path))
-            resp = refused(Refusal("internal", "internal error; see the server log"))
+            log.exception("internal error on %s %s", req.method, printable(req.path, 200))
+            resp = refused(Refusal("internal",
+                                   "internal error; the server log has the traceback"))
         resp.route = route
         return resp
+
+    def no_route(self, req):
+        raise Refusal("not found", "no such endpoint: %s" % req.path[:200])
+
+    def not_admin(self, req):
+        raise Refusal("forbidden", "%s is for the networks in -admin-allow" % req.path)
 
     def tftp_image(self, req):
         if self.images_root is None:

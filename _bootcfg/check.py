@@ -56,14 +56,15 @@ def check(app):
                 found.append(Finding(os.path.join(kind_dir, entry), None, None, "warning",
                                      "not a place bootcfg looks (only %s are read)"
                                      % ", ".join(sorted(known))))
+        shared_dir = os.path.join(kind_dir, "shared")
         default = os.path.join(kind_dir, "default")
         if os.path.lexists(default):
-            found += check_file(kind, default, images_root)
-        shared_dir = os.path.join(kind_dir, "shared")
+            found += check_file(kind, default, images_root, shared_dir)
         if kind == "ignition" and os.path.isdir(shared_dir):
             for name in sorted(os.listdir(shared_dir)):
                 if not name.startswith(".") and not name.endswith("~"):
-                    found += check_file(kind, os.path.join(shared_dir, name), images_root)
+                    found += check_file(kind, os.path.join(shared_dir, name), images_root,
+                                        shared_dir)
         for how in ("uuid", "mac"):
             how_dir = os.path.join(kind_dir, how)
             if not os.path.isdir(how_dir):
@@ -80,11 +81,13 @@ def check(app):
                     found.append(Finding(path, None, None, "warning",
                                          "not a file; never served"))
             for key in sorted(keys):
-                found += check_file(kind, os.path.join(how_dir, keys[key]), images_root)
+                found += check_file(kind, os.path.join(how_dir, keys[key]), images_root,
+                                    shared_dir)
     return sorted(found, key=lambda f: (f.path, f.line or 0, f.col or 0))
 
 
-def check_file(kind, path, images_root):
+def check_file(kind, path, images_root, shared_dir=None):
+    """Findings for one file; `shared_dir` is its kind's shared/ directory."""
     try:
         data, _ = store.read_whole(path)
     except OSError as e:
@@ -95,7 +98,7 @@ def check_file(kind, path, images_root):
                             "starts with neither #cloud-config nor #! (served as is)")]
         return []
     if kind == "ignition":
-        return check_ignition(path, data)
+        return check_ignition(path, data, shared_dir)
     try:
         cfg = render.parse_boot_config(data)
     except render.ConfigError as e:
@@ -138,7 +141,7 @@ def grub_problem(cfg):
     return None
 
 
-def check_ignition(path, data):
+def check_ignition(path, data, shared_dir):
     """Ignition's own findings (JSON path first, as ignition-validate prints it),
     and merge/replace sources naming a shared fragment that does not exist."""
     try:
@@ -146,9 +149,6 @@ def check_ignition(path, data):
     except render.ConfigError as e:
         return [Finding(path, e.line, e.col, "error", str(e))]
     found = [Finding(path, None, None, "warning", "%s: %s" % w) for w in cfg.warnings]
-    shared_dir = os.path.join(os.path.dirname(os.path.dirname(path)), "shared") \
-        if os.path.basename(os.path.dirname(path)) in ("uuid", "mac", "shared") else \
-        os.path.join(os.path.dirname(path), "shared")
     for where, url in cfg.sources:
         name = shared_fragment(url)
         if name is not None and not os.path.isfile(os.path.join(shared_dir, name)):

@@ -37,27 +37,29 @@ def machine_keys(uuid_raw, mac_raw):
 
 
 def requests(uuid_raw, mac_raw):
-    """The requests the machine's firmware would make: (label, path, query)."""
+    """The requests the machine's firmware would make: (label, method, path,
+    query, as shown); GRUB's is asked over TFTP, as a Secure Boot machine does."""
     query = {"uuid": uuid_raw or "", "mac": mac_raw or ""}
     qs = "uuid=%s&mac=%s" % (quote(uuid_raw or ""), quote(mac_raw or ""))
-    out = [("ipxe", "/ipxe", query, "/ipxe?" + qs)]
+    out = [("ipxe", "GET", "/ipxe", query, "/ipxe?" + qs)]
     if mac_raw:
         path = "/pixiecore/v1/boot/" + quote(mac_raw, safe=":")
-        out.append(("pixiecore", path, {}, path))
-    out.append(("cloud", "/cloud", query, "/cloud?" + qs))
-    out.append(("ignition", "/ignition", query, "/ignition?" + qs))
-    out.append(("grub", "grub", query, "TFTP grub?" + qs))
+        out.append(("pixiecore", "GET", path, {}, path))
+    out.append(("cloud", "GET", "/cloud", query, "/cloud?" + qs))
+    out.append(("ignition", "GET", "/ignition", query, "/ignition?" + qs))
+    out.append(("grub", "TFTP", "grub", query, "grub?" + qs))
     return out
 
 
 def answers(app, uuid_raw, mac_raw):
-    """{label: (shown path, Response)} from `app`, as the server would answer."""
+    """{label: (shown request, Response)} from `app`, as the server would answer."""
     found = {}
-    for label, path, query, shown in requests(uuid_raw, mac_raw):
-        if shown.startswith("TFTP "):       # as a GRUB that booted over TFTP asks
-            found[label] = (shown, app.tftp(Request("RRQ", path, query, {}, "explain")))
+    for label, method, path, query, shown in requests(uuid_raw, mac_raw):
+        if method == "TFTP":
+            resp = app.tftp(Request("RRQ", path, query, {}, "explain"))
         else:
-            found[label] = (shown, app(Request("GET", path, query, {}, "explain")))
+            resp = app(Request(method, path, query, {}, "explain"))
+        found[label] = ("%s %s" % (method, shown), resp)
     return found
 
 
@@ -90,8 +92,7 @@ def report(app, uuid_raw, mac_raw, platform):
         lines += ["", "platform pcbios: the kernel ignores initrd=<name> arguments; iPXE "
                       "hands it the initrds itself."]
     for label, (shown, resp) in answers(app, uuid_raw, mac_raw).items():
-        lines += ["", "==> %s%s -> %d" % ("" if shown.startswith("TFTP ") else "GET ", shown,
-                                            resp.status)]
+        lines += ["", "==> %s -> %d" % (shown, resp.status)]
         body = resp.body.decode("utf-8", "replace")
         lines.append(body[:-1] if body.endswith("\n") else body)
     if not mac_raw:

@@ -6,6 +6,7 @@ from request text, so the number of series stays bounded.
 
 import threading
 import time
+import types
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -26,7 +27,8 @@ class Metrics:
         self.bytes = {}           # route -> bytes of bodies sent
         self.lookups = {}         # (kind, match) -> count
         if shared is not None and shared.slots > 1:
-            self._add(shared.counters(shared.slot), connections=False)
+            # a replacement worker continues its slot's counts
+            _add(self, shared.counters(shared.slot), connections=False)
             threading.Thread(target=self._publish, daemon=True).start()
 
     def snapshot(self):
@@ -36,18 +38,6 @@ class Metrics:
                     "lookups": [[k, m, n] for (k, m), n in self.lookups.items()],
                     "connections": self.open_connections}
 
-    def _add(self, snap, connections=True, into=None):
-        """Add a snapshot's counts to `into` (this object's own counters by default)."""
-        target = into if into is not None else self
-        for r, s, n in snap.get("requests", ()):
-            target.requests[r, s] = target.requests.get((r, s), 0) + n
-        for r, n in snap.get("bytes", ()):
-            target.bytes[r] = target.bytes.get(r, 0) + n
-        for k, m, n in snap.get("lookups", ()):
-            target.lookups[k, m] = target.lookups.get((k, m), 0) + n
-        if connections:
-            target.open_connections += snap.get("connections", 0)
-
     def _publish(self):
         while True:
             self.shared.publish(self.snapshot())
@@ -55,13 +45,12 @@ class Metrics:
 
     def totals(self):
         """These counters plus every other worker's last published ones."""
-        total = Metrics.__new__(Metrics)
-        total.requests, total.bytes, total.lookups, total.open_connections = {}, {}, {}, 0
-        self._add(self.snapshot(), into=total)
+        total = types.SimpleNamespace(requests={}, bytes={}, lookups={}, open_connections=0)
+        _add(total, self.snapshot())
         if self.shared is not None and self.shared.slots > 1:
             for slot in range(self.shared.slots):
                 if slot != self.shared.slot:
-                    self._add(self.shared.counters(slot), into=total)
+                    _add(total, self.shared.counters(slot))
         return total
 
     def request(self, route, status, sent):
@@ -114,6 +103,18 @@ class Metrics:
                "Worker processes that died and were replaced (-workers N > 1).",
                [({}, self.shared.worker_restarts if self.shared is not None else 0)])
         return ("\n".join(out) + "\n").encode("utf-8")
+
+
+def _add(target, snap, connections=True):
+    """Add a snapshot's counts (Metrics.snapshot()) to `target`'s counters."""
+    for r, s, n in snap.get("requests", ()):
+        target.requests[r, s] = target.requests.get((r, s), 0) + n
+    for r, n in snap.get("bytes", ()):
+        target.bytes[r] = target.bytes.get(r, 0) + n
+    for k, m, n in snap.get("lookups", ()):
+        target.lookups[k, m] = target.lookups.get((k, m), 0) + n
+    if connections:
+        target.open_connections += snap.get("connections", 0)
 
 
 def family(out, name, kind, help_text, samples):

@@ -59,7 +59,7 @@ def to_dict(rec, st, problem):
 def note(attempt):
     if attempt["via"] == "/pixiecore/v1/boot/":
         return "Pixiecore downloads kernel and initrd itself: only the config is tracked"
-    if attempt["expects"] and not any(s in ("kernel",) for s, _ in attempt["expects"]):
+    if attempt["expects"] and all(step != "kernel" for step, _ in attempt["expects"]):
         return "kernel and initrd are served elsewhere: not tracked here"
     return ""
 

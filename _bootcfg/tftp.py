@@ -111,7 +111,8 @@ class TftpServer:
             return
         if opcode == WRQ:
             self._refuse(client, local, ACCESS_VIOLATION,
-                         "read-only server: writes are refused", name, started, "WRQ")
+                         "read-only server: writes are refused", name, started, "WRQ",
+                         kind="bad method")
             return
         if opcode != RRQ:
             return                # a stray DATA/ACK for a finished transfer
@@ -138,8 +139,7 @@ class TftpServer:
             self.socket.sendto(error_packet(code, message), client)
         except OSError:
             pass
-        resp = refused(Refusal(kind if code != ACCESS_VIOLATION or method != "WRQ"
-                               else "bad method", message))
+        resp = refused(Refusal(kind, message))
         resp.route = "tftp:other"
         self._finish(method, name or "-", client, resp, 0, True, started, None)
 

@@ -175,7 +175,7 @@ class InProcessServer(_Server):
     def __init__(self, args, env=None):
         import bootcfg
         from _bootcfg import logs
-        for key, value in (env or {}).items():
+        for key in env or {}:
             if not key.startswith("BOOTCFG_"):
                 raise ValueError("in-process servers take only BOOTCFG_* variables")
         saved = {k: os.environ.get(k) for k in (env or {})}
@@ -295,6 +295,17 @@ def request(conn, path, method="GET", headers=None):
     resp = conn.getresponse()
     body = resp.read()
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def read_head(sock):
+    """Bytes from `sock` up to the end of a response head (or until it closes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def raw_request(server, data, timeout=5):

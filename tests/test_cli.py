@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from helpers import run_bootcfg as run
+from helpers import read_head, run_bootcfg as run
 
 FLAGS = ("address", "data-path", "images-path", "log-level", "workers",
          "max-connections", "idle-timeout")
@@ -154,42 +154,34 @@ def test_bad_environment_values_are_one_line_errors(data_dir, env, message):
     assert "Traceback" not in out.stderr
 
 
-def _read_head(sock):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
+def start_with(start_server, data_dir, how, flag, value):
+    """bootcfg with `-flag value`, or with the flag's BOOTCFG_* variable."""
+    if how == "flag":
+        return start_server("-data-path", str(data_dir), "-" + flag, value)
+    return start_server("-data-path", str(data_dir),
+                        env={"BOOTCFG_" + flag.upper().replace("-", "_"): value})
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_max_connections_reaches_the_server(start_server, data_dir, how):
-    if how == "flag":
-        s = start_server("-data-path", str(data_dir), "-max-connections", "2")
-    else:
-        s = start_server("-data-path", str(data_dir), env={"BOOTCFG_MAX_CONNECTIONS": "2"})
+    s = start_with(start_server, data_dir, how, "max-connections", "2")
     held = []
     for _ in range(2):                 # two connections, each proven served
         c = socket.create_connection((s.host, s.port), timeout=5)
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _read_head(c).startswith(b"HTTP/1.1 200")
+        assert read_head(c).startswith(b"HTTP/1.1 200")
         held.append(c)
     extra = socket.create_connection((s.host, s.port), timeout=5)
-    assert _read_head(extra).startswith(b"HTTP/1.1 503")
+    assert read_head(extra).startswith(b"HTTP/1.1 503")
     assert s.wait_log(r"refused: 2 connections open \(max_connections\)")
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_idle_timeout_reaches_the_server(start_server, data_dir, how):
-    if how == "flag":
-        s = start_server("-data-path", str(data_dir), "-idle-timeout", "0.3")
-    else:
-        s = start_server("-data-path", str(data_dir), env={"BOOTCFG_IDLE_TIMEOUT": "0.3"})
+    s = start_with(start_server, data_dir, how, "idle-timeout", "0.3")
     c = socket.create_connection((s.host, s.port), timeout=5)
     c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert _read_head(c).startswith(b"HTTP/1.1 200")
+    assert read_head(c).startswith(b"HTTP/1.1 200")
     import time
     started = time.monotonic()
     while c.recv(4096):                # the server closes the idle connection

@@ -11,6 +11,7 @@ import pytest
 from _bootcfg import server
 from _bootcfg.answers import Response
 from _bootcfg.app import App, make_store
+from helpers import read_head
 
 
 @pytest.fixture
@@ -43,16 +44,6 @@ def connect(srv):
     return socket.create_connection(srv.server_address[:2], timeout=5)
 
 
-def read_response(sock):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def closed_within(sock, seconds):
     """True when the server closes within `seconds` (any unread body is drained)."""
     deadline = time.monotonic() + seconds
@@ -69,7 +60,7 @@ def test_idle_keep_alive_connection_closed(serve):
     srv = serve(idle_timeout=0.2)
     s = connect(srv)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert read_response(s).startswith(b"HTTP/1.1 200")
+    assert read_head(s).startswith(b"HTTP/1.1 200")
     assert closed_within(s, 3)
 
 
@@ -105,7 +96,7 @@ def test_connection_limit_answers_503(serve):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     extra = connect(srv)
-    answer = read_response(extra)
+    answer = read_head(extra)
     assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After" in answer
     held[0].close()
     while srv.open_connections >= 2:
@@ -113,7 +104,7 @@ def test_connection_limit_answers_503(serve):
         time.sleep(0.01)
     c = connect(srv)
     c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert read_response(c).startswith(b"HTTP/1.1 200")
+    assert read_head(c).startswith(b"HTTP/1.1 200")
 
 
 def test_stop_lets_in_flight_requests_finish(serve, data_dir):
