@@ -40,15 +40,17 @@ REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Req
 class Refusal(Exception):
     """A request that gets no ordinary answer. `kind` is a key of STATUS; the
     message is the body; `headers` are added (Allow, Content-Range, Retry-After);
-    `matched` and `machine` go to the access line."""
+    `matched` and `machine` go to the access line, `lookup` to /metrics."""
 
-    def __init__(self, kind, message, headers=(), matched="", machine=("", ""), problem=""):
+    def __init__(self, kind, message, headers=(), matched="", machine=("", ""), problem="",
+                 lookup=None):
         super().__init__(message)
         if kind not in STATUS:
             raise ValueError("unknown refusal kind %r" % kind)
         self.kind, self.message, self.headers = kind, message, list(headers)
         self.matched, self.machine = matched, machine
         self.problem = problem      # the reason, for /status (the body may not say it)
+        self.lookup = lookup
 
     @property
     def status(self):
@@ -67,18 +69,21 @@ class Request(NamedTuple):
 class Response:
     """What a route handler returns. `file` is (open file, offset, count) for
     answers sent with sendfile; `matched` and `machine` go to the access log;
-    `route` names the route for /metrics (set by the app)."""
+    `route` names the route for /metrics (set by the app), and `lookup` the
+    (config kind, what matched) of a machine answered: uuid, mac, default,
+    shared, none or invalid."""
 
     __slots__ = ("status", "body", "file", "headers", "length", "matched", "machine",
-                 "route", "expects", "problem")
+                 "route", "expects", "problem", "lookup")
 
     def __init__(self, status=200, body=b"", content_type="text/plain; charset=utf-8",
-                 headers=(), file=None, matched="", machine=("", "")):
+                 headers=(), file=None, matched="", machine=("", ""), lookup=None):
         self.status, self.body, self.file = status, body, file
         self.headers = [("Content-Type", content_type)] + list(headers)
         self.length = file[2] if file else len(body)
         self.matched = matched
         self.machine = machine      # (uuid, mac), canonical or ""
+        self.lookup = lookup
         self.route = "other"
         self.expects = ()           # boot scripts: the steps this boot should take next
         self.problem = ""
@@ -88,7 +93,7 @@ def refused(refusal):
     """The plain-text Response for a Refusal: the one way an error is answered."""
     resp = Response(refusal.status, (refusal.message + "\n").encode("utf-8", "replace"),
                     headers=refusal.headers, matched=refusal.matched,
-                    machine=refusal.machine)
+                    machine=refusal.machine, lookup=refusal.lookup)
     resp.problem = refusal.problem or refusal.message
     return resp
 

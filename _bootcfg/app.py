@@ -162,7 +162,7 @@ class App:
     def record(self, resp, sent, req=None, ms=0.0):
         """An answer went out (`sent` body bytes, -1 when the client went away)
         for `req` (None for what the server refused before parsing a request)."""
-        self.metrics.request(resp.route, resp.status, sent)
+        self.metrics.request(resp.route, resp.status, sent, resp.lookup)
         self.tracker.observe(resp.route, req, resp, sent, ms, resp.expects, resp.problem)
 
     def admin_allowed(self, client):
@@ -191,20 +191,22 @@ class App:
         uuid, mac = machine_from_query(req.query)
         match = self.lookup("boot", uuid, mac)
         resp = Response(body=render_ipxe(match.value), matched=match.path,
-                        machine=(uuid or "", mac or ""))
+                        machine=(uuid or "", mac or ""), lookup=("boot", match.how))
         resp.expects = expected_steps(match.value, req)
         return resp
 
     def cloud(self, req):
         uuid, mac = machine_from_query(req.query)
         match = self.lookup("cloud", uuid, mac)
-        return Response(body=match.value, matched=match.path, machine=(uuid or "", mac or ""))
+        return Response(body=match.value, matched=match.path, machine=(uuid or "", mac or ""),
+                        lookup=("cloud", match.how))
 
     def ignition(self, req):
         uuid, mac = machine_from_query(req.query)
         match = self.lookup("ignition", uuid, mac)
         return Response(body=match.value.data, content_type=ignition.CONTENT_TYPE,
-                        matched=match.path, machine=(uuid or "", mac or ""))
+                        matched=match.path, machine=(uuid or "", mac or ""),
+                        lookup=("ignition", match.how))
 
     def ignition_shared(self, req):
         name = unquote(req.path[len("/ignition/shared/"):])
@@ -212,17 +214,16 @@ class App:
             found = self.store.shared("ignition", name)
         except ValueError as e:
             raise Refusal("bad request", str(e)) from None
-        self.metrics.lookup("ignition", "shared" if found.match else
-                            "invalid" if found.error else "none")
         if found.error is not None:
             raise Refusal("invalid config",
                           "%s cannot be used; the server log says why" % found.error.path,
-                          matched=found.error.path + " (invalid)")
+                          matched=found.error.path + " (invalid)",
+                          lookup=("ignition", "invalid"))
         if found.match is None:
             raise Refusal("not found", "no shared Ignition fragment ignition/shared/%s"
-                          % name, matched="no match")
+                          % name, matched="no match", lookup=("ignition", "none"))
         return Response(body=found.match.value.data, content_type=ignition.CONTENT_TYPE,
-                        matched=found.match.path)
+                        matched=found.match.path, lookup=("ignition", "shared"))
 
     def grub(self, req):
         """The machine's GRUB answer, from the same boot config as /ipxe. Over TFTP
@@ -241,8 +242,9 @@ class App:
                         " over TFTP" if over_tftp else "", uuid or "-", mac or "-", e)
             raise Refusal("invalid config", "%s: %s" % (match.path, e),
                           matched=match.path + " (not for GRUB)",
-                          machine=(uuid or "", mac or "")) from None
-        resp = Response(body=body, matched=match.path, machine=(uuid or "", mac or ""))
+                          machine=(uuid or "", mac or ""), lookup=("boot", match.how)) from None
+        resp = Response(body=body, matched=match.path, machine=(uuid or "", mac or ""),
+                        lookup=("boot", match.how))
         resp.expects = expected_steps(match.value, req)
         return resp
 
@@ -250,9 +252,11 @@ class App:
         return Response(body=render.render_grub_first(grub_device(req)))
 
     def pixiecore(self, req):
-        raw = unquote(req.path[len("/pixiecore/v1/boot/"):])
+        raw = req.path[len("/pixiecore/v1/boot/"):]
+        if "%" in raw:
+            raw = unquote(raw)
         try:
-            mac = store.parse_mac(raw)
+            mac = _parse_mac(raw)
         except ValueError as e:
             raise Refusal("bad request", str(e)) from None
         if mac is None:
@@ -260,10 +264,10 @@ class App:
         match = self.lookup("boot", None, mac)
         resp = Response(body=render_pixiecore(match.value),
                         content_type="application/json", matched=match.path,
+                        lookup=("boot", match.how),
                         machine=("", mac))
         # Pixiecore downloads kernel and initrd from its own address: not expected.
-        resp.expects = tuple(e for e in expected_steps(match.value, req)
-                             if e[0] in ("cloud-config", "ignition"))
+        resp.expects = expected_steps(match.value, req, files=False)
         return resp
 
     def status_html(self, req):
@@ -302,20 +306,21 @@ class App:
 
     def lookup(self, kind, uuid, mac):
         """The store's match for a machine, or Refusal: no match (404) or a config
-        that exists and never loaded (500; the store has logged why)."""
+        that exists and never loaded (500; the store has logged why). The answer
+        built from a match carries lookup=(kind, match.how), counted when it is
+        recorded."""
         found = self.store.lookup(kind, uuid, mac)
-        how = found.match.how if found.match else "invalid" if found.error else "none"
-        self.metrics.lookup(kind, how)
         machine = (uuid or "", mac or "")
         if found.error is not None:
             raise Refusal("invalid config",
                           "%s cannot be used; the server log says why" % found.error.path,
                           matched=found.error.path + " (invalid)", machine=machine,
-                          problem="%s: %s" % (found.error.path, found.error.reason))
+                          problem="%s: %s" % (found.error.path, found.error.reason),
+                          lookup=(kind, "invalid"))
         if found.match is None:
             raise Refusal("no match", "no %s config for uuid=%s mac=%s and no %s/default"
                           % (kind, uuid or "-", mac or "-", kind),
-                          matched="no match", machine=machine)
+                          matched="no match", machine=machine, lookup=(kind, "none"))
         return found.match
 
 
@@ -326,20 +331,22 @@ CONFIG_URLS = {"cloud-config-url": ("cloud-config", "/cloud"),
                "coreos.config.url": ("ignition", "/ignition")}
 
 
-def expected_steps(cfg, req):
+def expected_steps(cfg, req, files=True):
     """[(step, path)] a machine given `cfg` should fetch from this bootcfg next: the
     kernel and initrds served here (bare /images/ paths, or URLs on the host the
-    request came to) and a cloud-config or Ignition config at /cloud, /ignition."""
+    request came to; not with files=False) and a cloud-config or Ignition config
+    at /cloud, /ignition."""
     host = (req.headers.get("Host") or "") if req.headers else ""
-    return _expected_steps(cfg, host, "%s:%s" % req.local[:2] if req.local else "")
+    return _expected_steps(cfg, host, req.local[:2], files)
 
 
 @functools.lru_cache(maxsize=4096)
-def _expected_steps(cfg, host, local):
-    mine = {host, local} - {""}
+def _expected_steps(cfg, host, local, files):
+    mine = {host, "%s:%s" % local if local else ""} - {""}
     out = []
-    for step, url in [("kernel", cfg.kernel)] + [("initrd " + u.rsplit("/", 1)[-1], u)
-                                                   for u in cfg.initrd]:
+    downloads = [("kernel", cfg.kernel)] + [("initrd " + u.rsplit("/", 1)[-1], u)
+                                            for u in cfg.initrd] if files else []
+    for step, url in downloads:
         parts = urlsplit(url) if "://" in url else None
         if parts is None and url.startswith("/images/"):
             out.append((step, url.split("?", 1)[0]))
@@ -368,15 +375,33 @@ def grub_device(req):
 def machine_from_query(query):
     """Validated (uuid, mac) from a query; malformed values are ignored with a
     warning, so the machine still matches by its other key or the default."""
+    raw = (query.get("uuid", ""), query.get("mac", ""))
+    try:
+        return _canonical_keys(raw)
+    except ValueError:
+        pass
     keys = []
-    for name in ("uuid", "mac"):
-        raw = query.get(name, "")
+    for name, text in zip(("uuid", "mac"), raw):
         value = None
-        if raw:
+        if text:
             try:
-                value = store.KEY_PARSERS[name](raw)
+                value = store.KEY_PARSERS[name](text)
             except ValueError as e:
                 log.warning("ignoring %s in query: %s", name, e)
         keys.append(value)
     return tuple(keys)
 
+
+# Valid spellings seen recently, canonical (an invalid one raises ValueError,
+# which is not remembered).
+_parse_mac = functools.lru_cache(maxsize=8192)(store.parse_mac)
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical_keys(raw):
+    """(uuid, mac) canonical, for queries whose keys are absent or valid (an
+    invalid one raises ValueError, which is not remembered: it is warned of on
+    every request)."""
+    uuid, mac = raw
+    return (store.parse_uuid(uuid) if uuid else None,
+            store.parse_mac(mac) if mac else None)

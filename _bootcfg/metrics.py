@@ -53,21 +53,21 @@ class Metrics:
                     _add(total, self.shared.counters(slot))
         return total
 
-    def request(self, route, status, sent):
+    def request(self, route, status, sent, lookup=None):
+        """One answer: `sent` body bytes (-1: the client went away); `lookup` is
+        (config kind, what matched) when it answered a machine: uuid, mac,
+        default, shared, none or invalid. One lock for all of it."""
+        key = (route, str(status))
         with self._lock:
-            key = (route, str(status))
             self.requests[key] = self.requests.get(key, 0) + 1
             if sent > 0:
                 self.bytes[route] = self.bytes.get(route, 0) + sent
+            if lookup is not None:
+                self.lookups[lookup] = self.lookups.get(lookup, 0) + 1
 
     def connection(self, delta):
         with self._lock:
             self.open_connections += delta
-
-    def lookup(self, kind, match):
-        """One machine answered: match is uuid, mac, default, none or invalid."""
-        with self._lock:
-            self.lookups[kind, match] = self.lookups.get((kind, match), 0) + 1
 
     def render(self, store_stats):
         """The exposition text. `store_stats` is FileStore.stats()."""
@@ -87,8 +87,8 @@ class Metrics:
                "Response body bytes sent, by route.",
                [({"route": r}, n) for r, n in sent])
         family(out, "bootcfg_machine_lookups_total", "counter",
-               "Machines answered, by config kind (boot, cloud) and what matched "
-               "(uuid, mac, default, none, invalid).",
+               "Machines answered, by config kind (boot, cloud, ignition) and what matched "
+               "(uuid, mac, default, shared, none, invalid).",
                [({"kind": k, "match": m}, n) for (k, m), n in lookups])
         family(out, "bootcfg_config_load_errors_total", "counter",
                "Config files found unusable (each change of a file counts once).",
