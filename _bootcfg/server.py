@@ -10,9 +10,11 @@ included, leaves through `Handler._answer`: one head, one access line, one count
 
 import email.utils
 import http.server
+import io
 import logging
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -74,29 +76,33 @@ LIMITS = types.MappingProxyType({
     "status_machines": 10000,
 })
 
-_DATE_CACHE = [0, ""]
+# Status lines, and the Server and Date lines (Date changes once a second, so
+# both are formatted once a second): most of every answer's head.
+_STATUS_LINES = {code: "HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
+_SERVER_DATE = [0, ""]
 
 
-def date_header():
-    """The Date header's value; it changes once a second, so it is formatted once a
-    second."""
+def _server_and_date():
     now = int(time.time())
-    cached = _DATE_CACHE
+    cached = _SERVER_DATE
     if cached[0] != now:
-        cached[:] = [now, email.utils.formatdate(now, usegmt=True)]
+        cached[:] = [now, "Server: bootcfg/%s\r\nDate: %s\r\n"
+                     % (__version__, email.utils.formatdate(now, usegmt=True))]
     return cached[1]
 
 
 def head_bytes(resp, close):
     """Status line and headers of an HTTP/1.1 answer, ending in the blank line."""
-    lines = ["HTTP/1.1 %d %s" % (resp.status, REASONS.get(resp.status, "Status")),
-             "Server: bootcfg/" + __version__, "Date: " + date_header()]
-    lines += ["%s: %s" % header for header in resp.headers]
+    parts = [_STATUS_LINES.get(resp.status) or "HTTP/1.1 %d Status\r\n" % resp.status,
+             _server_and_date()]
+    for name, value in resp.headers:
+        parts += (name, ": ", value, "\r\n")
     if resp.status != 304:
-        lines.append("Content-Length: %d" % resp.length)
+        parts.append("Content-Length: %d\r\n" % resp.length)
     if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1", "replace")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -107,7 +113,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # Errors for requests without a version get a status line, not HTTP/0.9 bytes.
     default_request_version = "HTTP/1.0"
     disable_nagle_algorithm = True
-    # Buffer the response so headers and a small body go out in one send().
+    # HTTPS: buffer the response so headers and a small body go out in one send()
+    # (a plain connection writes head and small body as one, unbuffered).
     wbufsize = 64 * 1024
     _started = None
 
@@ -120,11 +127,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(self.timeout)
             self.request.do_handshake()
-        super().setup()
+            super().setup()
+        else:
+            self._setup_plain()
         # The address this connection arrived at (not the listening wildcard).
         self.local_address = self.connection.getsockname()[:2]
         # Whether access lines are logged, looked up once per connection.
         self.log_access = access.isEnabledFor(logging.INFO)
+
+    def _setup_plain(self):
+        """StreamRequestHandler.setup() for a plain TCP connection, with the idle
+        limit kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO on a blocking socket)
+        instead of a Python socket timeout, which polls before every recv and send:
+        two system calls, and two hand-overs of the interpreter lock, per request.
+        A file answer switches to the Python timeout while sendfile runs."""
+        sock = self.connection = self.request
+        timeval = struct.pack("ll", int(self.timeout), int(self.timeout % 1 * 1e6))
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        if self.disable_nagle_algorithm:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.rfile = io.BufferedReader(_KernelTimedReader(sock), self.rbufsize
+                                       if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE)
+        self.wfile = _KernelTimedWriter(sock)
 
     def parse_request(self):
         """The request line (already in raw_requestline) and the headers, read from
@@ -149,7 +175,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return False
         if len(words) >= 3:
             version = words[-1]
-            number = _version(version)
+            number = _KNOWN_VERSIONS.get(version) or _version(version)
             if number is None:
                 self.send_error(400, "Bad request version (%r)" % version)
                 return False
@@ -250,16 +276,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Write the answer; returns body bytes sent (-1 if the client went away)."""
         sent = 0
         try:
-            self.wfile.write(head_bytes(resp, self.close_connection))
-            if send_body:
-                if resp.file is not None:
-                    f, offset, count = resp.file
-                    self.wfile.flush()          # headers first, then the file
-                    sent = self.connection.sendfile(f, offset, count) if count else 0
-                else:
-                    self.wfile.write(resp.body)
-                    sent = len(resp.body)
-            self.wfile.flush()   # headers and body leave in one write
+            head = head_bytes(resp, self.close_connection)
+            if not send_body:
+                self.wfile.write(head)
+            elif resp.file is not None:
+                f, offset, count = resp.file
+                self.wfile.write(head)
+                self.wfile.flush()              # headers first, then the file
+                sent = self._sendfile(f, offset, count) if count else 0
+            elif len(resp.body) <= 64 * 1024:
+                self.wfile.write(head + resp.body)      # one send for a small answer
+                sent = len(resp.body)
+            else:
+                self.wfile.write(head)
+                self.wfile.write(resp.body)
+                sent = len(resp.body)
+            self.wfile.flush()
         except (ConnectionError, TimeoutError, socket.timeout) as e:
             self.close_connection = True
             log.info("%s went away during %s: %s", self.client_address[0],
@@ -269,6 +301,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if resp.file is not None:
                 resp.file[0].close()
         return sent
+
+    def _sendfile(self, f, offset, count):
+        """socket.sendfile with the idle limit: on a plain connection the kernel's
+        send timeout would make it wait forever (it selects without a timeout
+        when a send would block), so the Python timeout applies meanwhile."""
+        sock = self.connection
+        if sock.gettimeout() is not None:
+            return sock.sendfile(f, offset, count)
+        sock.settimeout(self.timeout)
+        try:
+            return sock.sendfile(f, offset, count)
+        finally:
+            sock.settimeout(None)
 
     def _request_text(self):
         """`METHOD path` as it can be logged, or what arrived of the request line."""
@@ -299,6 +344,42 @@ class Handler(http.server.BaseHTTPRequestHandler):
         log.debug("%s: %s", self.client_address[0], format % args)
 
 
+class _KernelTimedReader(io.RawIOBase):
+    """The raw reader of a blocking socket with SO_RCVTIMEO: a recv that times
+    out fails with EAGAIN, raised here as the socket.timeout a Python timeout
+    would raise (handle_one_request closes the connection on it)."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:
+            raise socket.timeout("timed out") from None
+
+
+class _KernelTimedWriter(io.RawIOBase):
+    """Unbuffered writes to a blocking socket with SO_SNDTIMEO: sendall, with
+    EAGAIN (the kernel's send timeout) raised as socket.timeout."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        try:
+            self._sock.sendall(data)
+        except BlockingIOError:
+            raise socket.timeout("timed out") from None
+        return len(data)
+
+
 # More than this in header lines (100 lines of 64 KiB passed before) is 431.
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_LINES = 100          # the blank line included, as the standard library counts
@@ -322,6 +403,9 @@ class Headers(dict):
 
     def __getitem__(self, name):
         return dict.__getitem__(self, name.lower())
+
+
+_KNOWN_VERSIONS = {"HTTP/1.1": (1, 1), "HTTP/1.0": (1, 0)}
 
 
 def _version(text):

@@ -11,7 +11,7 @@ import pytest
 from _bootcfg import server
 from _bootcfg.answers import Response
 from _bootcfg.app import App, make_store
-from helpers import read_head
+from helpers import read_head, settle, write
 
 
 @pytest.fixture
@@ -69,6 +69,31 @@ def test_stalled_request_closed(serve):
     s = connect(srv)
     s.sendall(b"GET / HTTP/1.1\r\nHo")
     assert closed_within(s, 3)
+
+
+@pytest.mark.parametrize("path", ["/images/big", "/cloud"])
+def test_a_client_that_stops_reading_is_dropped_at_the_idle_timeout(serve, data_dir, tmp_path,
+                                                                     path):
+    """A client that asks for a big answer and never reads it holds its thread
+    only until the idle limit: a file (sendfile) and an answer from memory."""
+    write(str(tmp_path / "images/big"), b"\0" * (32 << 20))
+    write(str(data_dir / "cloud/default"), "#cloud-config\n#" + "x" * (3 << 20) + "\n")
+    settle(data_dir)
+    srv = serve(App(make_store(str(data_dir)), images_root=str(tmp_path / "images")),
+                idle_timeout=0.3)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(srv.server_address[:2])
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    deadline = time.monotonic() + 1
+    while srv.open_connections == 0:              # seen, answering, stuck in a send
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    deadline = time.monotonic() + 5
+    while srv.open_connections:
+        assert time.monotonic() < deadline, "a client that does not read held on"
+        time.sleep(0.02)
+    s.close()
 
 
 def test_nagle_off(serve, monkeypatch):
