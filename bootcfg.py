@@ -222,8 +222,7 @@ def resolve_images(images_path):
 def make_app(data_root, images_root, shared=None, stuck_after=120.0, admin_allow=None):
     """The App every command builds the same way: the server, its workers,
     `check`, `explain` and the tests. `shared` is the memory all workers share
-    (one of this process's own by default)."""
-    shared = shared or Shared(1)
+    (None: one process, which keeps its boot events and counters to itself)."""
     tracker = Tracker(shared, stuck_after, server.LIMITS["status_machines"])
     return app.App(app.make_store(data_root), images_root,
                    metrics.Metrics(__version__, shared), tracker, admin_allow)

@@ -21,7 +21,6 @@ import render
 import store
 from _bootcfg import __version__, ignition, images, metrics, status_page
 from _bootcfg.answers import Refusal, Response, printable, refused
-from _bootcfg.shared import Shared
 from _bootcfg.status import Tracker
 
 log = logging.getLogger("bootcfg")
@@ -56,7 +55,7 @@ class App:
         self.store = data_store
         self.images_root = images_root
         self.metrics = counters or metrics.Metrics(__version__)
-        self.tracker = tracker or Tracker(Shared(1, ring_events=4096))
+        self.tracker = tracker or Tracker()
         self.admin_allow = admin_allow
         # Exact paths, then prefixes. A new endpoint is one line here.
         self.routes = {

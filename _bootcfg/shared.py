@@ -50,11 +50,16 @@ class Shared:
     def _ring(self, slot):
         return HEADER + slot * self.slot_size + self.counters_size
 
+    @property
+    def max_payload(self):
+        """The longest event a ring entry holds."""
+        return self.event_size - _ENTRY.size
+
     def append(self, payload):
-        """Add one event (bytes, cut to fit) to this process's ring. No lock: each
+        """Add one event (bytes, cut to max_payload) to this process's ring. No lock: each
         event takes its own number (next() of a counter is atomic under the GIL),
         and an entry becomes valid only when its sequence number is written."""
-        payload = payload[:self.event_size - _ENTRY.size]
+        payload = payload[:self.event_size - _ENTRY.size]     # max_payload
         base = self._ring(self.slot)
         if self._next is None:
             with self._lock:

@@ -48,14 +48,23 @@ def _clean(value, limit=160):
 
 
 class Tracker:
-    def __init__(self, shared, stuck_after=120.0, max_machines=10000):
+    """Boot records from events. With `shared` (a shared.Shared: -workers) each
+    event goes to this worker's ring in shared memory, as a line of text, and
+    view() replays every worker's ring. Without (one process) events are kept
+    in this process as they came, and only view() turns them into text fields:
+    a request pays for one tuple and one append. Either way at most
+    `local_events` / the ring's size of events wait for the next view()."""
+
+    def __init__(self, shared=None, stuck_after=120.0, max_machines=10000,
+                 local_events=65536):
         self.shared = shared
         self.stuck_after = stuck_after
         self.max_machines = max_machines
         self.records = collections.OrderedDict()      # key -> record dict
         self._pending = collections.OrderedDict()     # client -> [early steps]
         self._client_machine = collections.OrderedDict()   # client -> key
-        self._positions = [0] * shared.slots
+        self._local = collections.deque(maxlen=local_events) if shared is None else None
+        self._positions = [0] * (shared.slots if shared is not None else 0)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ writing
@@ -65,39 +74,38 @@ class Tracker:
         kind = KINDS.get(route)
         if kind is None or req is None:
             return
-        query = req.query
+        get = req.query.get
         uuid, mac = resp.machine if resp.machine else ("", "")
-        get = query.get
-        values = ("%.3f" % time.time(), kind, route, req.client, uuid, mac,
-                  get("hostname", ""), get("serial", ""), get("arch", ""), get("platform", ""),
-                  "%d" % resp.status, resp.matched, req.path, "%d" % sent, "%d" % resp.length,
-                  "%.1f" % ms, _expects_text(expects), problem)
-        flat = "".join(values)
-        if flat.isprintable() and len(flat) < 240:
-            line = _SEP.join(values)          # the usual case: nothing to clean
+        event = (time.time(), kind, route, req.client, uuid, mac,
+                 get("hostname", ""), get("serial", ""), get("arch", ""), get("platform", ""),
+                 resp.status, resp.matched, req.path, sent, resp.length, ms, expects, problem)
+        if self._local is not None:
+            self._local.append(event)           # atomic; view() takes them in order
         else:
-            line = _SEP.join(map(_clean, values))
-        self.shared.append(line.encode("utf-8", "replace"))
+            self.shared.append(_encode(event, self.shared.max_payload))
 
     # ------------------------------------------------------------ reading
 
     def view(self):
-        """Bring the records up to date with every worker's new events."""
+        """Bring the records up to date with every new event (every worker's)."""
         with self._lock:
-            for slot in range(self.shared.slots):
+            if self._local is not None:
+                while self._local:                # only view() takes, under the lock
+                    self._apply(_from_local(self._local.popleft()))
+            for slot in range(len(self._positions)):
                 events, self._positions[slot] = self.shared.events_since(
                     slot, self._positions[slot])
                 for data in events:
-                    fields = data.decode("utf-8", "replace").split(_SEP)
-                    if len(fields) == len(_FIELDS):
-                        self._apply(dict(zip(_FIELDS, fields)))
+                    ev = _decode(data)
+                    if ev is not None:
+                        self._apply(ev)
             return list(self.records.values())
 
     def _apply(self, ev):
-        t = float(ev["t"])
+        t = ev["t"]
         client = ev["client"]
-        step = {"step": ev["route"], "status": int(ev["status"]), "file": ev["file"],
-                "ms": float(ev["ms"]), "bytes": int(ev["sent"]), "total": int(ev["total"]),
+        step = {"step": ev["route"], "status": ev["status"], "file": ev["file"],
+                "ms": ev["ms"], "bytes": ev["sent"], "total": ev["total"],
                 "at": t, "path": ev["path"], "problem": ev["problem"]}
         step["complete"] = step["bytes"] >= 0 and step["status"] < 400
         kind = ev["kind"]
@@ -111,7 +119,7 @@ class Tracker:
             early = [s for s in self._pending.pop(client, []) if t - s["at"] < PENDING_SECONDS]
             if rec["attempt"] is not None:
                 rec["previous"].appendleft(summary(rec["attempt"], self.stuck_after, t))
-            expects = [tuple(e.split(">", 1)) for e in ev["expects"].split("|") if ">" in e]
+            expects = ev["expects"]
             rec["attempt"] = {"started": (early[0]["at"] if early else t), "steps": [],
                               "expects": expects, "progressed": t,
                               "via": ev["route"].replace("tftp:", "TFTP ")}
@@ -174,6 +182,67 @@ class Tracker:
         steps.append(step)
         del steps[:-30]
         attempt["progressed"] = step["at"]
+
+
+# ------------------------------------------------------------ events as text
+
+_NUMBERS = {"t": float, "status": int, "sent": int, "total": int, "ms": float}
+
+
+# What gives way, in this order, when an event is too long for a ring entry.
+_TRIM_FIRST = ("problem", "serial", "hostname", "path", "file", "platform", "arch",
+               "expects", "route", "client")
+_TRIM_AT = {name: _FIELDS.index(name) for name in _TRIM_FIRST}
+
+
+def _encode(event, size):
+    """An event as one line of at most `size` bytes for the shared ring:
+    printable, bounded fields, the least needed ones shortened to fit."""
+    (t, kind, route, client, uuid, mac, hostname, serial, arch, platform, status, file,
+     path, sent, total, ms, expects, problem) = event
+    values = ("%.3f" % t, kind, route, client, uuid, mac, hostname, serial, arch, platform,
+              "%d" % status, file, path, "%d" % sent, "%d" % total, "%.1f" % ms,
+              _expects_text(expects), problem)
+    flat = "".join(values)
+    if flat.isprintable() and len(flat) < 240:
+        return _SEP.join(values).encode("utf-8", "replace")   # the usual case: it fits
+    values = [_clean(v) for v in values]
+    data = _SEP.join(values).encode("utf-8", "replace")
+    for name in _TRIM_FIRST:
+        if len(data) <= size:
+            break
+        i = _TRIM_AT[name]
+        keep = max(0, len(values[i]) - (len(data) - size) - 3)
+        values[i] = values[i][:keep] + "..." if keep else ""
+        data = _SEP.join(values).encode("utf-8", "replace")
+    return data
+
+
+def _decode(data):
+    """The event a ring line holds (as _from_local gives it), or None."""
+    fields = data.decode("utf-8", "replace").split(_SEP)
+    if len(fields) != len(_FIELDS):
+        return None
+    ev = dict(zip(_FIELDS, fields))
+    try:
+        for name, kind in _NUMBERS.items():
+            ev[name] = kind(ev[name])
+    except ValueError:
+        return None
+    ev["expects"] = [tuple(e.split(">", 1)) for e in ev["expects"].split("|") if ">" in e]
+    return ev
+
+
+def _from_local(event):
+    """An event kept in this process as observe() saw it, its text fields made
+    what the ring would have held."""
+    ev = dict(zip(_FIELDS, event))
+    for name, value in ev.items():
+        if name not in _NUMBERS and name != "expects":
+            ev[name] = _clean(value)
+    ev["expects"] = [(_clean(step), _clean(path)) for step, path in ev["expects"]]
+    ev["ms"] = round(ev["ms"], 1)
+    return ev
 
 
 @functools.lru_cache(maxsize=4096)

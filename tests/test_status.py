@@ -189,8 +189,9 @@ def test_admin_allow_maps_ipv4_on_a_dual_stack_socket():
     assert not app.admin_allowed("::ffff:198.51.100.1") and not app.admin_allowed("::1")
 
 
-def test_records_are_bounded_with_100000_machines():
-    t = Tracker(Shared(1, ring_events=4096), max_machines=10000)
+@pytest.mark.parametrize("shared", [False, True], ids=["one process", "shared ring"])
+def test_records_are_bounded_with_100000_machines(shared):
+    t = Tracker(Shared(1, ring_events=4096) if shared else None, max_machines=10000)
     resp = Response(200)
     for i in range(100000):
         mac = "52:54:%02x:%02x:%02x:%02x" % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255,
@@ -214,6 +215,52 @@ def chromium():
     if IN_CI:
         pytest.fail("chromium is not installed; .ci/run must install it")
     pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+BOOT_STEPS = [      # route, path, query, status, machine, matched, expects, sent, problem
+    ("/boot.ipxe", "/boot.ipxe", {}, 200, ("", ""), "", (), 120, ""),
+    ("/ipxe", "/ipxe", {"hostname": "web\x01" + XSS, "serial": "S" * 40}, 200,
+     ("", "52:54:00:aa:00:01"), "boot/default",
+     (("kernel", "/images/vmlinuz"), ("initrd initrd.gz", "/images/initrd.gz"),
+      ("cloud-config", "/cloud")), 900, ""),
+    ("/images/", "/images/vmlinuz", {}, 200, ("", ""), "images", (), 2 << 20, ""),
+    ("/images/", "/images/initrd.gz", {}, 200, ("", ""), "images", (), -1, ""),
+    ("/cloud", "/cloud", {}, 404, ("", "52:54:00:aa:00:02"), "no match", (), 30,
+     "no cloud config"),
+    ("/ipxe", "/ipxe", {}, 500, ("", "52:54:00:aa:00:03"), "boot/mac/x (invalid)", (), 40,
+     "boot/mac/x: line 1: bad\tjson"),
+]
+
+
+def replay(tracker, steps, monkeypatch):
+    clock = iter(1000.0 + i / 8 for i in range(1000))        # exact in "%.3f"
+    monkeypatch.setattr(time, "time", lambda: next(clock))
+    for route, path, query, status, machine, matched, expects, sent, problem in steps:
+        resp = Response(status, body=b"x" * max(sent, 1), matched=matched, machine=machine)
+        tracker.observe(route, Request("GET", path, query, {}, "127.0.0.9"), resp, sent,
+                        1.25, expects, problem)
+    monkeypatch.undo()
+    return tracker.view()
+
+
+def test_one_process_and_the_shared_ring_make_the_same_records(monkeypatch):
+    """One process keeps events as they came and cleans them when /status is read;
+    workers write them as text to shared memory. The records must not differ."""
+    local = replay(Tracker(None), BOOT_STEPS, monkeypatch)
+    assert local == replay(Tracker(Shared(1, ring_events=64)), BOOT_STEPS, monkeypatch)
+    assert [r["key"] for r in local] == ["52:54:00:aa:00:0%d" % i for i in (1, 2, 3)]
+    assert local[0]["hostname"] == "web\\x01" + XSS
+
+
+def test_an_event_too_long_for_the_ring_is_shortened_not_lost(monkeypatch):
+    steps = [(route, path, dict(query, serial="S" * 400) if query else query, status,
+              machine, matched, expects, sent, problem * 40)
+             for route, path, query, status, machine, matched, expects, sent, problem
+             in BOOT_STEPS]
+    records = replay(Tracker(Shared(1, ring_events=64)), steps, monkeypatch)
+    assert [r["key"] for r in records] == ["52:54:00:aa:00:0%d" % i for i in (1, 2, 3)]
+    assert records[0]["serial"].startswith("SSSS") and records[0]["serial"].endswith("...")
+    assert records[2]["attempt"]["steps"][0]["problem"].startswith("boot/mac/x: line 1")
 
 
 def test_the_page_in_a_real_browser(start_server, fleet, tmp_path):
