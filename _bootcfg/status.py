@@ -2,11 +2,13 @@
 
 Every answer that is a step of a boot becomes an event (`Tracker.observe`, from
 `App.record`): chainload scripts, boot scripts (/ipxe, /pixiecore, /grub),
-cloud-configs and Ignition configs, and image and TFTP downloads. Events go to
-this process's ring in shared memory (shared.py); `Tracker.view()` replays the
-events of every worker's ring it has not seen yet into one record per machine
-(by MAC, else UUID, else client address), so every worker shows the same fleet
-and a replaced worker's events are not lost. No lock is shared per request.
+cloud-configs and Ignition configs, and image and TFTP downloads. With -workers
+events go to this worker's ring in shared memory (shared.py), and
+`Tracker.view()` replays the events of every worker's ring it has not seen yet
+into one record per machine (by MAC, else UUID, else client address), so every
+worker shows the same fleet and a replaced worker's events are not lost; one
+process keeps them in its own memory. No lock is shared per request, and
+nothing is formatted per request: view() does that, when /status is read.
 
 Downloads and chainloads name no machine: they are tied to the machine that
 next (or last) fetched a boot script from the same client address. A boot
@@ -16,7 +18,7 @@ pointing at it.
 """
 
 import collections
-import functools
+import marshal
 import threading
 import time
 
@@ -34,26 +36,25 @@ KINDS = {
 STATES = ("booting", "handed off", "stuck", "failed")
 _FIELDS = ("t", "kind", "route", "client", "uuid", "mac", "hostname", "serial", "arch",
            "platform", "status", "file", "path", "sent", "total", "ms", "expects", "problem")
-_SEP = "\x1f"
 PENDING_SECONDS = 600      # early steps (shim, GRUB, chainload) wait this long for a script
 
 
 def _clean(value, limit=160):
-    """A field as it can be stored: printable, bounded, no separator. Plain
-    printable ASCII (nearly everything) takes the fast path."""
+    """A field as it can be shown: printable, bounded. Plain printable ASCII
+    (nearly everything) takes the fast path."""
     text = value if type(value) is str else str(value)
-    if len(text) <= limit and text.isascii() and text.isprintable() and _SEP not in text:
+    if len(text) <= limit and text.isascii() and text.isprintable():
         return text
-    return printable(text, limit).replace(_SEP, " ")
+    return printable(text, limit)
 
 
 class Tracker:
-    """Boot records from events. With `shared` (a shared.Shared: -workers) each
-    event goes to this worker's ring in shared memory, as a line of text, and
-    view() replays every worker's ring. Without (one process) events are kept
-    in this process as they came, and only view() turns them into text fields:
-    a request pays for one tuple and one append. Either way at most
-    `local_events` / the ring's size of events wait for the next view()."""
+    """Boot records from events: a request pays for one tuple and one append;
+    view() (when /status is read) cleans and replays what came since. With
+    `shared` (a shared.Shared: -workers) each event goes, marshalled, to this
+    worker's ring in shared memory and view() replays every worker's ring;
+    without (one process) events wait in this process as they came. Either way
+    at most `local_events` / the ring's size of events wait for the next view()."""
 
     def __init__(self, shared=None, stuck_after=120.0, max_machines=10000,
                  local_events=65536):
@@ -82,23 +83,25 @@ class Tracker:
         if self._local is not None:
             self._local.append(event)           # atomic; view() takes them in order
         else:
-            self.shared.append(_encode(event, self.shared.max_payload))
+            self.shared.append(_pack(event, self.shared.max_payload))
 
     # ------------------------------------------------------------ reading
 
     def view(self):
         """Bring the records up to date with every new event (every worker's)."""
         with self._lock:
+            events = []
             if self._local is not None:
                 while self._local:                # only view() takes, under the lock
-                    self._apply(_from_local(self._local.popleft()))
+                    events.append(self._local.popleft())
             for slot in range(len(self._positions)):
-                events, self._positions[slot] = self.shared.events_since(
+                packed, self._positions[slot] = self.shared.events_since(
                     slot, self._positions[slot])
-                for data in events:
-                    ev = _decode(data)
-                    if ev is not None:
-                        self._apply(ev)
+                events += [_unpack(data) for data in packed]
+            for event in events:
+                ev = _fields(event) if event is not None else None
+                if ev is not None:
+                    self._apply(ev)
             return list(self.records.values())
 
     def _apply(self, ev):
@@ -184,70 +187,60 @@ class Tracker:
         attempt["progressed"] = step["at"]
 
 
-# ------------------------------------------------------------ events as text
+# ------------------------------------------------------------ events
 
 _NUMBERS = {"t": float, "status": int, "sent": int, "total": int, "ms": float}
 
-
 # What gives way, in this order, when an event is too long for a ring entry.
 _TRIM_FIRST = ("problem", "serial", "hostname", "path", "file", "platform", "arch",
-               "expects", "route", "client")
-_TRIM_AT = {name: _FIELDS.index(name) for name in _TRIM_FIRST}
+               "route", "client")
 
 
-def _encode(event, size):
-    """An event as one line of at most `size` bytes for the shared ring:
-    printable, bounded fields, the least needed ones shortened to fit."""
-    (t, kind, route, client, uuid, mac, hostname, serial, arch, platform, status, file,
-     path, sent, total, ms, expects, problem) = event
-    values = ("%.3f" % t, kind, route, client, uuid, mac, hostname, serial, arch, platform,
-              "%d" % status, file, path, "%d" % sent, "%d" % total, "%.1f" % ms,
-              _expects_text(expects), problem)
-    flat = "".join(values)
-    if flat.isprintable() and len(flat) < 240:
-        return _SEP.join(values).encode("utf-8", "replace")   # the usual case: it fits
-    values = [_clean(v) for v in values]
-    data = _SEP.join(values).encode("utf-8", "replace")
-    for name in _TRIM_FIRST:
-        if len(data) <= size:
-            break
-        i = _TRIM_AT[name]
-        keep = max(0, len(values[i]) - (len(data) - size) - 3)
-        values[i] = values[i][:keep] + "..." if keep else ""
-        data = _SEP.join(values).encode("utf-8", "replace")
+def _pack(event, size):
+    """An event as at most `size` bytes for the shared ring (marshal: the
+    workers are one program, and this memory is theirs alone). The least needed
+    text gives way when it is too long, and the expected steps last."""
+    data = marshal.dumps(event)
+    if len(data) <= size:
+        return data
+    values = [v[:161] if type(v) is str else v for v in event]   # _clean keeps 160
+    data = marshal.dumps(tuple(values))
+    for name in _TRIM_FIRST + ("expects",):
+        i = _FIELDS.index(name)
+        while values[i] and len(data) > size:
+            if name == "expects":
+                values[i] = values[i][:-1]
+            else:
+                keep = max(0, len(values[i]) - (len(data) - size) - 3)
+                values[i] = values[i][:keep] + "..." if keep else ""
+            data = marshal.dumps(tuple(values))
     return data
 
 
-def _decode(data):
-    """The event a ring line holds (as _from_local gives it), or None."""
-    fields = data.decode("utf-8", "replace").split(_SEP)
-    if len(fields) != len(_FIELDS):
+def _unpack(data):
+    """The event a ring entry holds, or None if it is not one."""
+    try:
+        event = marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
         return None
-    ev = dict(zip(_FIELDS, fields))
+    return event if type(event) is tuple and len(event) == len(_FIELDS) else None
+
+
+def _fields(event):
+    """An event as observe() saw it, as a dict of clean fields: printable,
+    bounded text (cleaned here, when /status is read, not per request)."""
+    ev = dict(zip(_FIELDS, event))
     try:
         for name, kind in _NUMBERS.items():
             ev[name] = kind(ev[name])
-    except ValueError:
+        ev["expects"] = [(_clean(step), _clean(path)) for step, path in ev["expects"]]
+    except (TypeError, ValueError):
         return None
-    ev["expects"] = [tuple(e.split(">", 1)) for e in ev["expects"].split("|") if ">" in e]
-    return ev
-
-
-def _from_local(event):
-    """An event kept in this process as observe() saw it, its text fields made
-    what the ring would have held."""
-    ev = dict(zip(_FIELDS, event))
     for name, value in ev.items():
         if name not in _NUMBERS and name != "expects":
             ev[name] = _clean(value)
-    ev["expects"] = [(_clean(step), _clean(path)) for step, path in ev["expects"]]
     ev["ms"] = round(ev["ms"], 1)
     return ev
-
-
-@functools.lru_cache(maxsize=4096)
-def _expects_text(expects):
-    return "|".join("%s>%s" % e for e in expects)
 
 
 def _trim(ordered, limit):
