@@ -66,6 +66,8 @@ class Tracker:
         self._client_machine = collections.OrderedDict()   # client -> key
         self._local = collections.deque(maxlen=local_events) if shared is None else None
         self._positions = [0] * (shared.slots if shared is not None else 0)
+        if shared is not None:
+            self._append, self._payload = shared.append, shared.max_payload
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ writing
@@ -83,7 +85,7 @@ class Tracker:
         if self._local is not None:
             self._local.append(event)           # atomic; view() takes them in order
         else:
-            self.shared.append(_pack(event, self.shared.max_payload))
+            self._append(_pack(event, self._payload))
 
     # ------------------------------------------------------------ reading
 

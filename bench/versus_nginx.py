@@ -10,6 +10,11 @@ nginx), a 300 MB image to 8 clients (throughput, server CPU-seconds per GB), a b
 storm of 2,000 simulated machines 200 at a time, memory, and start-up time of the
 single file. Not a test: the figures depend on the machine and its load.
 
+The config rows ask for one machine over and over (/ipxe, /pixiecore, /cloud),
+except /ipxe*, where each request names the next of the data set's machines, as a
+fleet powering on does (wrk with a Lua script), after a pass over them all (so
+the figure is of cached configs, as the other rows' are).
+
 With --baseline REV (any git revision: a commit, a tag, HEAD~3) the revision is
 exported to a temporary directory and benched in the same run: each row
 alternates five short rounds of the current code and the baseline and keeps the
@@ -19,6 +24,7 @@ ratio current/baseline.
 """
 
 import argparse
+import atexit
 import http.client
 import json
 import os
@@ -35,6 +41,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAC = "52:54:00:12:34:56"
 UUID = "6c3f1e0a-4b7d-4e2a-9c1f-2a5b8d7e9f10"
+
+
+# Every server this script starts, stopped when it exits however it exits.
+STARTED = []
+
+
+@atexit.register
+def _stop_started():
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
 
 
 def free_port():
@@ -104,6 +122,7 @@ class Bootcfg:
                                             "-log-level", "warning",
                                             "-workers", str(workers)],
                                      stderr=subprocess.DEVNULL)
+        STARTED.append(self.proc)
         assert wait_port(self.port), "bootcfg did not start"
         self.start_ms = (time.perf_counter() - t0) * 1000
         self.pids = with_children(self.proc.pid)
@@ -139,6 +158,7 @@ http {
 """ % {"w": workdir, "p": self.port, "r": root})
         self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir],
                                      stderr=subprocess.DEVNULL)
+        STARTED.append(self.proc)
         assert wait_port(self.port), "nginx did not start"
         self.pids = with_children(self.proc.pid)
 
@@ -147,10 +167,26 @@ http {
         self.proc.wait()
 
 
-def wrk(url, conns, seconds):
+# "/ipxe*": each request names the next machine of the data set, as a fleet does
+# (the other rows ask for one machine over and over).
+EVERY_MACHINE_LUA = """
+local n = %d
+local i = math.random(0, n - 1)
+request = function()
+  i = (i + 1) %% n
+  return wrk.format("GET", string.format("/ipxe?mac=52:54:%%02x:%%02x:%%02x:%%02x",
+    math.floor(i / 16777216) %% 256, math.floor(i / 65536) %% 256,
+    math.floor(i / 256) %% 256, i %% 256))
+end
+"""
+
+
+def wrk(url, conns, seconds, script=None):
     threads = min(conns, 2)
-    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % conns, "-d%gs" % max(seconds, 1),
-                          "--latency", url], stdout=subprocess.PIPE, text=True).stdout
+    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % conns,
+                          "-d%ds" % max(round(seconds), 1),          # whole seconds only
+                          "--latency"] + (["-s", script] if script else []) + [url],
+                         stdout=subprocess.PIPE, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
@@ -211,7 +247,8 @@ def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 1
     """`baseline`: (command, label) of another build benched in the same run."""
     paths = {"/ipxe": "/ipxe?uuid=%s&mac=%s" % (UUID, MAC),
              "/pixiecore": "/pixiecore/v1/boot/" + MAC,
-             "/cloud": "/cloud?mac=" + MAC}
+             "/cloud": "/cloud?mac=" + MAC,
+             "/ipxe*": "/ipxe?mac=52:54:00:00:00:00"}      # and every other machine
     if only:
         paths = {k: v for k, v in paths.items() if k in only}
     rows = []
@@ -220,16 +257,20 @@ def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 1
         data = make_data(mwork, machines)
         static = os.path.join(mwork, "static")
         os.makedirs(static)
+        every = os.path.join(mwork, "every.lua")
+        with open(every, "w") as f:
+            f.write(EVERY_MACHINE_LUA % machines)
+        scripts = {name: every if name.endswith("*") else None for name in paths}
         b = Bootcfg(data, images)
         for name, path in paths.items():          # nginx gets bootcfg's exact bytes
             status, body = get(b.port, path)
             assert status == 200
-            with open(os.path.join(static, name.strip("/")), "wb") as f:
+            with open(os.path.join(static, name.strip("/*")), "wb") as f:
                 f.write(body)
         n = Nginx(static, mwork)
         for name, path in paths.items():          # and really serves them
-            assert get(n.port, "/" + name.strip("/")) == get(b.port, path), name
-        for w in ((1, workers) if machines == 10 else (workers,)):
+            assert get(n.port, "/" + name.strip("/*")) == get(b.port, path), name
+        for w in (1, workers):
             if w != 1:
                 b.stop()
                 b = Bootcfg(data, images, workers=w)
@@ -240,19 +281,25 @@ def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 1
             conns_list = conn_counts if machines == 10 else (10,)
             for name, path in paths.items():
                 for conns in conns_list:
+                    script = scripts[name]
+                    if script:    # a pass over every machine's file first, in every worker
+                        for server in (b, old) if old else (b,):
+                            wrk("http://127.0.0.1:%d%s" % (server.port, path), conns,
+                                max(2, machines * w / 4000), script)
                     if old is None:
-                        ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds)
+                        ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds,
+                                   script)
                         before = None
                     else:
                         # Alternate short rounds and keep the medians: one run each
                         # moves +-10% with the machine's load here.
                         runs = [(wrk("http://127.0.0.1:%d%s" % (b.port, path), conns,
-                                     seconds / ROUNDS),
+                                     seconds / ROUNDS, script),
                                  wrk("http://127.0.0.1:%d%s" % (old.port, path), conns,
-                                     seconds / ROUNDS)) for _ in range(ROUNDS)]
+                                     seconds / ROUNDS, script)) for _ in range(ROUNDS)]
                         ours = median_run([r[0] for r in runs])
                         before = median_run([r[1] for r in runs])
-                    ref = wrk("http://127.0.0.1:%d/%s" % (n.port, name.strip("/")), conns,
+                    ref = wrk("http://127.0.0.1:%d/%s" % (n.port, name.strip("/*")), conns,
                               seconds)
                     rows.append((machines, w, name, conns, ours, before, ref))
             if old is not None:
@@ -477,7 +524,7 @@ def main():
                     help="also bench this git revision, in the same run (config rows)")
     ap.add_argument("--machines", default="10,10000,100000",
                     help="comma list of data sizes for the config rows")
-    ap.add_argument("--endpoints", default="", help="comma list, e.g. /ipxe,/cloud (all)")
+    ap.add_argument("--endpoints", default="", help="comma list, e.g. /ipxe,/cloud,/ipxe* (all)")
     ap.add_argument("--conns", default="1,10,100", help="connection counts for 10 machines")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
