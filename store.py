@@ -109,8 +109,10 @@ KEY_PARSERS = {"uuid": parse_uuid, "mac": parse_mac}
 
 
 # Clean matches remembered by FileStore.lookup (each valid a tenth of a second at
-# most); past this many the memory is simply forgotten and rebuilt.
-RECENT_LOOKUPS = 8192
+# most); past this many the memory is forgotten and rebuilt. What it is for, a
+# machine asking again at once, needs few; a big one is freed all at once while a
+# fleet boots (10,000 machines in turn: p99 8-30 ms at 8192 entries, 2.6 ms at 256).
+RECENT_LOOKUPS = 256
 _NEVER = float("-inf")
 
 

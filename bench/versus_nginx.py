@@ -285,7 +285,7 @@ def config_endpoints(work, seconds, images, workers, baseline=None, sizes=(10, 1
                     if script:    # a pass over every machine's file first, in every worker
                         for server in (b, old) if old else (b,):
                             wrk("http://127.0.0.1:%d%s" % (server.port, path), conns,
-                                max(2, machines * w / 4000), script)
+                                min(60, max(2, machines * w / 1000)), script)
                     if old is None:
                         ours = wrk("http://127.0.0.1:%d%s" % (b.port, path), conns, seconds,
                                    script)
