@@ -197,50 +197,6 @@ def test_in_place_edit_visible_within_a_second(tmp_path):
     assert time.monotonic() - started < 1.0
 
 
-@pytest.mark.parametrize("dir_window, file_window", [(10.0, 0.1), (0.1, 10.0)])
-def test_a_remembered_lookup_lasts_no_longer_than_its_checks(tmp_path, monkeypatch,
-                                                             dir_window, file_window):
-    """lookup() remembers a clean match only while the directory and file checks
-    it rests on are inside their windows: an edited file (file window short) and a
-    new, more specific file (directory window short) show exactly when they would
-    without the memory."""
-    clock = [1000.0]
-    monkeypatch.setattr(store.time, "monotonic", lambda: clock[0])
-    write(str(tmp_path / "boot/default"), boot_json(tag="default"))
-    os.makedirs(str(tmp_path / "boot/mac"))
-    s = make_store(tmp_path, dir_check_seconds=dir_window, file_check_seconds=file_window)
-    for _ in range(3):
-        assert tag(s.lookup("boot", None, MAC1).match) == "default"
-    if file_window < dir_window:
-        write(str(tmp_path / "boot/default"), boot_json(tag="edited"))
-        want = "edited"
-    else:
-        write(str(tmp_path / "boot/mac" / MAC1), boot_json(tag="mac"))
-        want = "mac"
-    settle(tmp_path)
-    assert tag(s.lookup("boot", None, MAC1).match) == "default"    # inside both windows
-    clock[0] += min(dir_window, file_window) + 0.01
-    assert tag(s.lookup("boot", None, MAC1).match) == want
-
-
-def test_a_stale_match_is_never_remembered(tmp_path):
-    """A file that broke is served from its last good copy and looked at on every
-    request, so its fix shows at once (no window, no memory)."""
-    path = str(tmp_path / "boot/default")
-    write(path, boot_json(tag="good"))
-    s = make_store(tmp_path)
-    for _ in range(3):
-        assert not s.lookup("boot").match.stale
-    write(path, "{ not json")
-    settle(tmp_path)
-    time.sleep(0.15)                         # past file_check_seconds
-    for _ in range(3):
-        assert s.lookup("boot").match.stale
-    write(path, boot_json(tag="fixed"))
-    settle(tmp_path, age=4.0)                # another mtime: a new version
-    assert tag(s.lookup("boot").match) == "fixed"
-
-
 def test_half_written_file_serves_last_good(tmp_path, caplog):
     path = str(tmp_path / "boot/default")
     write(path, boot_json(tag="good"))
