@@ -24,7 +24,7 @@ HEADER = 4096
 
 
 class Shared:
-    def __init__(self, slots=1, ring_events=65536, event_size=384, counters_size=256 << 10):
+    def __init__(self, slots=1, ring_events=1024, event_size=16384, counters_size=256 << 10):
         self.slots = slots
         self.ring_events, self.event_size = ring_events, event_size
         self.counters_size = counters_size

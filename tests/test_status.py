@@ -191,7 +191,7 @@ def test_admin_allow_maps_ipv4_on_a_dual_stack_socket():
 
 @pytest.mark.parametrize("shared", [False, True], ids=["one process", "shared ring"])
 def test_records_are_bounded_with_100000_machines(shared):
-    t = Tracker(Shared(1, ring_events=4096) if shared else None, max_machines=10000)
+    t = Tracker(Shared(1) if shared else None, max_machines=10000)
     resp = Response(200)
     for i in range(100000):
         mac = "52:54:%02x:%02x:%02x:%02x" % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255,
@@ -306,6 +306,7 @@ def test_one_view_across_workers_and_after_a_replacement(start_server, fleet):
     assert s.wait_log("3 worker processes")
     for i in range(2, 12):        # new connections: spread over the workers
         boot(s, "127.0.0.%d" % i, "52:54:00:bb:00:%02x" % i)
+    time.sleep(0.5)               # each worker shares its events every 0.2 s
     seen = set()
     for _ in range(30):           # every worker answers with all ten machines
         doc, by_mac = machines_by_mac(s)
