@@ -101,6 +101,7 @@ class Tracker:
             for start in range(0, len(events), _BATCH):
                 for data in _batches(events[start:start + _BATCH], size):
                     self.shared.append(data)
+                time.sleep(0)       # let requests have the interpreter between batches
 
     # ------------------------------------------------------------ reading
 
