@@ -34,7 +34,6 @@ class Shared:
         self._map = mmap.mmap(-1, HEADER + slots * self.slot_size)
         self.slot = 0                   # the slot this process writes; set after fork
         self._next = None               # numbers this process's events, from its slot's count
-        self._entries = None            # where this process's ring entries start
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ master's counts
@@ -53,32 +52,26 @@ class Shared:
 
     @property
     def max_payload(self):
-        """The longest event a ring entry holds."""
+        """The most bytes one ring entry holds (a batch of events)."""
         return self.event_size - _ENTRY.size
 
     def append(self, payload):
-        """Add one event (bytes, cut to max_payload) to this process's ring. No lock: each
-        event takes its own number (next() of a counter is atomic under the GIL),
-        and an entry becomes valid only when its sequence number is written."""
+        """Add one entry (bytes, cut to max_payload) to this process's ring. No lock:
+        each entry takes its own number (next() of a counter is atomic under the
+        GIL), and an entry becomes valid only when its sequence number is written."""
+        payload = payload[:self.max_payload]
+        base = self._ring(self.slot)
         if self._next is None:
-            self._start_numbering()
-        if len(payload) > self.event_size - _ENTRY.size:
-            payload = payload[:self.event_size - _ENTRY.size]
+            with self._lock:
+                if self._next is None:    # continue the slot's count (a replaced worker)
+                    self._next = itertools.count(_Q.unpack_from(self._map, base)[0])
         n = next(self._next)
-        at = self._entries + (n % self.ring_events) * self.event_size
-        mem = self._map
-        _ENTRY.pack_into(mem, at, 0, 0)                           # invalid while written
-        mem[at + _ENTRY.size:at + _ENTRY.size + len(payload)] = payload
-        _ENTRY.pack_into(mem, at, n + 1, len(payload))
-        if _Q.unpack_from(mem, self._entries - 64)[0] < n + 1:
-            _Q.pack_into(mem, self._entries - 64, n + 1)
-
-    def _start_numbering(self):
-        with self._lock:
-            if self._next is None:        # continue the slot's count (a replaced worker)
-                base = self._ring(self.slot)
-                self._entries = base + 64
-                self._next = itertools.count(_Q.unpack_from(self._map, base)[0])
+        at = base + 64 + (n % self.ring_events) * self.event_size
+        _ENTRY.pack_into(self._map, at, 0, 0)                     # invalid while written
+        self._map[at + _ENTRY.size:at + _ENTRY.size + len(payload)] = payload
+        _ENTRY.pack_into(self._map, at, n + 1, len(payload))
+        if _Q.unpack_from(self._map, base)[0] < n + 1:
+            _Q.pack_into(self._map, base, n + 1)
 
     def events_since(self, slot, position):
         """(payloads written to `slot`'s ring from `position` on, new position).

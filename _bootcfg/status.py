@@ -2,12 +2,12 @@
 
 Every answer that is a step of a boot becomes an event (`Tracker.observe`, from
 `App.record`): chainload scripts, boot scripts (/ipxe, /pixiecore, /grub),
-cloud-configs and Ignition configs, and image and TFTP downloads. With -workers
-events go to this worker's ring in shared memory (shared.py), and
-`Tracker.view()` replays the events of every worker's ring it has not seen yet
-into one record per machine (by MAC, else UUID, else client address), so every
-worker shows the same fleet and a replaced worker's events are not lost; one
-process keeps them in its own memory. No lock is shared per request, and
+cloud-configs and Ignition configs, and image and TFTP downloads. An event is
+queued in this process; with -workers a thread moves the queue, in batches, to
+this worker's ring in shared memory (shared.py). `Tracker.view()` replays the
+events it has not seen yet (every worker's ring) into one record per machine
+(by MAC, else UUID, else client address), so every worker shows the same fleet
+and a replaced worker's events are not lost. No lock is shared per request, and
 nothing is formatted per request: view() does that, when /status is read.
 
 Downloads and chainloads name no machine: they are tied to the machine that
@@ -214,8 +214,6 @@ _NUMBERS = {"t": float, "status": int, "sent": int, "total": int, "ms": float}
 # What gives way, in this order, when an event is too long for a ring entry.
 _TRIM_FIRST = ("problem", "serial", "hostname", "path", "file", "platform", "arch",
                "route", "client")
-
-
 _BATCH = 64            # events marshalled together, at most, into one ring entry
 
 
