@@ -287,6 +287,8 @@ class _Parser:
                                           wline, wcol)
             keys = tuple(self.literal(w) for w in words[2:])
             return ("index", self.term(words[1]), keys, line, col)
+        if kind == "word":
+            return self.term(words[0])
         if len(words) > 1:
             raise TemplateSyntaxError("%r: only one value per action is supported (no "
                                       "functions, pipes or arguments)" % words[1][1],

@@ -137,10 +137,10 @@ def test_go_accepts_what_we_refuse_at_load(go_engine):
 
 
 @pytest.mark.parametrize("text, line, col", [
-    ("ok\n  {{with .x}}{{end}}", 2, 3),
+    ("ok\n  {{with .x}}{{end}}", 2, 5),
     ("{{if .t}}\n\nx", 1, 1),
-    ("a\nb {{.x | y}}", 2, 3),
-    ("{{range .l}}{{$nope}}{{end}}", 1, 13),
+    ("a\nb {{.x | y}}", 2, 8),
+    ("{{range .l}}{{$nope}}{{end}}", 1, 15),
 ])
 def test_refusals_name_line_and_column(text, line, col):
     with pytest.raises(template.TemplateSyntaxError) as e:
@@ -161,7 +161,7 @@ def test_values_print_as_go_prints_them(value, text):
 def test_missing_key_errors_name_the_key_and_place():
     with pytest.raises(template.TemplateError) as e:
         template.parse("x\n  {{.hostname}}").render({})
-    assert "2:3" in str(e.value) and "hostname" in str(e.value)
+    assert "2:5" in str(e.value) and "hostname" in str(e.value)
 
 
 def test_indexing_a_string_fails_where_go_prints_a_byte():
