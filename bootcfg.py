@@ -90,6 +90,16 @@ def networks(text):
     return out
 
 
+def label_pair(text):
+    """NAME=VALUE for `explain -label`."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError("expected NAME=VALUE, not %r" % text)
+    if name in ("uuid", "mac"):
+        raise argparse.ArgumentTypeError("give %s with -%s" % (name, name))
+    return name, value
+
+
 def positive_seconds(text):
     try:
         value = float(text)
@@ -108,9 +118,10 @@ ABOUT = {
              "data directory, `bootcfg explain` shows what one machine would get.",
     "check": "Validate a data directory as the server reads it; one line per "
              "finding (path:line:col: error|warning: message). Exit 1 on errors.",
-    "explain": "Show where bootcfg looks for one machine's configs, what it finds, "
-               "and the exact iPXE script, Pixiecore JSON, cloud-config, Ignition "
-               "config and GRUB script (as over TFTP) it would answer.",
+    "explain": "Show every candidate (seed file or group) for one machine's configs, "
+               "best first and why each lost, the winning group's variables, and the "
+               "exact iPXE script, Pixiecore JSON, cloud-config, Ignition config, generic "
+               "file, metadata and GRUB script (as over TFTP) it would answer.",
 }
 
 
@@ -189,8 +200,13 @@ def build_parser(command="serve"):
         p.add_argument("-mac", "--mac", default="", help="the machine's MAC address")
         p.add_argument("-platform", "--platform", choices=("efi", "pcbios"),
                        help="the firmware, as iPXE's ${platform} reports it")
+        p.add_argument("-label", "--label", action="append", default=[], type=label_pair,
+                       metavar="NAME=VALUE",
+                       help="one more label (query parameter) the machine sends, e.g. "
+                            "os=installed or arch=arm64; repeatable")
         p.add_argument("-show", "--show",
-                       choices=("ipxe", "pixiecore", "cloud", "ignition", "grub"),
+                       choices=("ipxe", "pixiecore", "cloud", "ignition", "generic",
+                                "metadata", "grub"),
                        help="print only that answer's body, byte for byte")
     p.add_argument("-version", "--version", action="version",
                    version="bootcfg %s" % __version__)
@@ -426,14 +442,15 @@ def run_check(argv):
 def run_explain(argv):
     args, application = tool_app("explain", argv)
     if args.show:
-        found = explain.answers(application, args.uuid, args.mac)
+        found = explain.answers(application, args.uuid, args.mac, args.label)
         if args.show not in found:
             print("bootcfg explain: --show pixiecore needs --mac", file=sys.stderr)
             return 2
         resp = found[args.show][1]
         sys.stdout.buffer.write(resp.body)
         return 0 if resp.status == 200 else 1
-    sys.stdout.write(explain.report(application, args.uuid, args.mac, args.platform))
+    sys.stdout.write(explain.report(application, args.uuid, args.mac, args.platform,
+                                    args.label))
     return 0
 
 

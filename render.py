@@ -41,28 +41,42 @@ class BootConfig(NamedTuple):
 
 def parse_boot_config(data):
     """Parse and validate one boot config file (bytes). Raises ConfigError."""
+    obj = parse_json(data)
+    if not isinstance(obj, dict):
+        raise ConfigError("must be a JSON object with %s" % ", ".join(BOOT_KEYS))
+    return boot_config(obj, "", "cmdline")
+
+
+def parse_json(data):
+    """A JSON document from a config file's bytes: UTF-8 (a byte order mark is
+    allowed), no duplicate keys, no NaN/Infinity. Raises ConfigError."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError("not UTF-8 (byte %d)" % e.start) from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                         parse_constant=_no_constants)
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                          parse_constant=_no_constants)
     except json.JSONDecodeError as e:
         raise ConfigError("invalid JSON: %s" % e.msg, e.lineno, e.colno) from None
-    if not isinstance(obj, dict):
-        raise ConfigError("must be a JSON object with %s" % ", ".join(BOOT_KEYS))
+
+
+def boot_config(obj, where, args_key):
+    """A BootConfig from a JSON object: {kernel, initrd, <args_key>}, where
+    args_key is "cmdline" (seed files) or "args" (matchbox profiles' boot).
+    `where` prefixes key names in errors ("boot." in a profile)."""
+    keys = ("kernel", "initrd", args_key)
     for key in obj:
-        if key not in BOOT_KEYS:
-            raise ConfigError("unknown key %r (known: %s)" % (key, ", ".join(BOOT_KEYS)))
+        if key not in keys:
+            raise ConfigError("%sunknown key %r (known: %s)" % (where, key, ", ".join(keys)))
     if "kernel" not in obj:
-        raise ConfigError("kernel: missing")
-    kernel = _url(obj["kernel"], "kernel")
+        raise ConfigError("%skernel: missing" % where)
+    kernel = _url(obj["kernel"], where + "kernel")
     initrd = obj.get("initrd", [])
     if not isinstance(initrd, list):
-        raise ConfigError("initrd: must be a list of URLs, not %s" % _type(initrd))
-    initrds = tuple(_url(u, "initrd[%d]" % i) for i, u in enumerate(initrd))
-    args = _cmdline(obj.get("cmdline", []))
+        raise ConfigError("%sinitrd: must be a list of URLs, not %s" % (where, _type(initrd)))
+    initrds = tuple(_url(u, "%sinitrd[%d]" % (where, i)) for i, u in enumerate(initrd))
+    args = _cmdline(obj.get(args_key, []), where + args_key)
     return BootConfig(kernel, initrds, args)
 
 
@@ -96,9 +110,13 @@ def render_pixiecore(cfg):
 
 # iPXE fills these in itself. `uristring` percent-encodes, so a hostname or serial
 # with spaces or `&` cannot split the command or the query. The path is relative,
-# so the script works behind a reverse proxy under any prefix.
+# so the script works behind a reverse proxy under any prefix. `arch` is the
+# machine's CPU, not iPXE's build: BIOS ROMs are 32-bit builds (${buildarch} i386)
+# on 64-bit machines, and `cpuid --ext 29` (long mode) tells; iPXE builds without
+# the cpuid command (arm64) fail it and send their ${buildarch}.
 CHAINLOAD_SCRIPT = b"""#!ipxe
-chain ipxe?uuid=${uuid}&mac=${mac:hexhyp}&domain=${domain:uristring}&hostname=${hostname:uristring}&serial=${serial:uristring}&arch=${buildarch:uristring}&platform=${platform:uristring} || goto bootcfg_failed
+cpuid --ext 29 && set bootcfg_arch x86_64 || set bootcfg_arch ${buildarch}
+chain ipxe?uuid=${uuid}&mac=${mac:hexhyp}&domain=${domain:uristring}&hostname=${hostname:uristring}&serial=${serial:uristring}&arch=${bootcfg_arch:uristring}&platform=${platform:uristring} || goto bootcfg_failed
 :bootcfg_failed
 echo bootcfg: no boot script for uuid ${uuid} mac ${mac} - the bootcfg server log says why
 exit 1
@@ -157,21 +175,21 @@ def _url(value, where):
     return value
 
 
-def _cmdline(value):
+def _cmdline(value, name="cmdline"):
     """cmdline as an object (seed format), one string, or a list of strings."""
     if isinstance(value, str):
-        return tuple(check_token(t, "cmdline") for t in value.split(" ") if t)
+        return tuple(check_token(t, name) for t in value.split(" ") if t)
     if isinstance(value, list):
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise ConfigError("cmdline[%d]: must be a string, not %s" % (i, _type(item)))
-            out.append(check_token(item, "cmdline[%d]" % i))
+                raise ConfigError("%s[%d]: must be a string, not %s" % (name, i, _type(item)))
+            out.append(check_token(item, "%s[%d]" % (name, i)))
         return tuple(out)
     if isinstance(value, dict):
         out = []
         for key, v in value.items():
-            where = "cmdline.%s" % key
+            where = "%s.%s" % (name, key)
             if v is None or v is False:
                 continue
             if v is True or v == "":
@@ -185,8 +203,8 @@ def _cmdline(value):
                                   "not %s" % (where, _type(v)))
             out.append(check_token(arg, where))
         return tuple(out)
-    raise ConfigError("cmdline: must be an object, a string or a list of strings, not %s"
-                      % _type(value))
+    raise ConfigError("%s: must be an object, a string or a list of strings, not %s"
+                      % (name, _type(value)))
 
 
 def _no_duplicate_keys(pairs):
@@ -329,17 +347,21 @@ def _comment(value):
 
 # The fixed first script GRUB reads (grub/grub.cfg): it finds the machine's SMBIOS
 # UUID and serial, its MAC and the DHCP hostname (of the first network interface:
-# Debian's signed GRUB has no `eval` to name another), and loads the machine's
-# answer from the same server. Hostname and serial are passed only when they are
-# made of characters that need no quoting in a query: GRUB cannot encode them.
-# Only commands Debian's signed network GRUB has built in are used.
+# Debian's signed GRUB has no `eval` to name another), its CPU ($grub_cpu: i386,
+# x86_64, arm64) and firmware ($grub_platform, with GRUB's `pc` sent as iPXE's
+# `pcbios`), and loads the machine's answer from the same server. Hostname and
+# serial are passed only when they are made of characters that need no quoting in
+# a query: GRUB cannot encode them. Only commands Debian's signed network GRUB has
+# built in are used.
 GRUB_FIRST_SCRIPT = """# bootcfg: finds this machine's GRUB answer
 smbios --type 1 --get-uuid 8 --set bootcfg_uuid
 smbios --type 1 --get-string 7 --set bootcfg_serial
 set bootcfg_hostname="$net_efinet0_hostname"
+set bootcfg_platform="$grub_platform"
+if [ "$grub_platform" = pc ]; then set bootcfg_platform=pcbios; fi
 if regexp '^[-A-Za-z0-9._]+$' "$bootcfg_serial"; then true; else set bootcfg_serial=; fi
 if regexp '^[-A-Za-z0-9.]+$' "$bootcfg_hostname"; then true; else set bootcfg_hostname=; fi
-configfile "%(device)s/grub?uuid=${bootcfg_uuid}&mac=${net_default_mac}&hostname=${bootcfg_hostname}&serial=${bootcfg_serial}"
+configfile "%(device)s/grub?uuid=${bootcfg_uuid}&mac=${net_default_mac}&hostname=${bootcfg_hostname}&serial=${bootcfg_serial}&arch=${grub_cpu}&platform=${bootcfg_platform}"
 echo "bootcfg: no GRUB answer for uuid $bootcfg_uuid mac $net_default_mac; the bootcfg server log says why"
 sleep 30
 """

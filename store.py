@@ -1,9 +1,18 @@
-"""FileStore: finds a machine's boot, cloud or Ignition config in the data directory.
+"""FileStore: finds a machine's boot, cloud, Ignition or generic config in the data
+directory, by one selection engine for two layouts:
 
     <root>/<kind>/uuid/<uuid>   <root>/<kind>/mac/<mac>   <root>/<kind>/default
     <root>/<kind>/shared/<name>                  (fragments several machines use)
+    <root>/groups/*.json  <root>/profiles/<id>.json  <root>/{ignition,cloud,generic}/<file>
 
-Lookups go uuid -> mac -> default, and the first file that exists decides. Each
+Every group is a candidate for every kind; a seed file is a candidate for its own
+kind only, selecting {uuid}, {mac} or nothing (default). A candidate matches when
+each of its selector's label=value pairs is among the request's labels; the best
+match decides (`rank`: more pairs first, then matchbox's order of the sorted pairs
+as text, greatest first, then a group before a seed file, then file name). So the
+seed layout alone still goes uuid -> mac -> default. A group whose profile lacks
+the kind answers "no match": never a weaker candidate. Groups are indexed by the
+mac and uuid they select, so a lookup costs the same with 10 or 100,000 of them. Each
 uuid/ and mac/ directory has an in-memory index from canonical key to file name,
 rebuilt only when the directory changes, so a lookup costs a few stat() calls
 whatever the number of machines. File contents are cached by (inode, size, mtime,
@@ -26,7 +35,8 @@ from urllib.parse import unquote
 
 log = logging.getLogger("bootcfg.store")
 
-KINDS = ("boot", "cloud", "ignition")
+KINDS = ("boot", "cloud", "ignition")          # the seed layout's kinds
+GROUP_KINDS = KINDS + ("generic", "metadata")   # what a group's profile can answer
 
 # Every tunable of the store, with why its default is safe.
 STORE_LIMITS = {
@@ -54,6 +64,12 @@ STORE_LIMITS = {
     # later: truncation updates the size before the mtime (seen on ext4), and a
     # read in between would take an empty file for a settled one.
     "recheck_seconds": 0.002,
+    # Group files changed in place (the directory does not change) are found by
+    # stat()ing every group file at most this often, or every 20 us per file when
+    # that is longer (100,000 groups: every 2 s), so a big fleet's sweep costs at
+    # most a few percent of one core.
+    "group_sweep_seconds": 1.0,
+    "group_sweep_us_per_file": 20,
     # Config files are small; refusing big ones protects memory from an image
     # copied into the wrong directory. Ignition configs carry whole files as data
     # URLs (binaries, certificates), so they may be far bigger.
@@ -118,16 +134,38 @@ class LoadError(Exception):
 
 class Match(NamedTuple):
     path: str        # relative to the data root, e.g. "boot/mac/52-54-00-89-d8-10"
-    how: str         # "uuid", "mac" or "default"
+    how: str         # "uuid", "mac", "default" or "group"
     value: object    # parsed config, or the file's bytes
     stale: bool      # True when served from the last good copy
+    group: object = None     # the winning Group, for how == "group"
+    group_path: str = ""     # its file, e.g. "groups/install.json"
+    profile: object = None   # its Profile
 
 
 class Step(NamedTuple):
-    how: str                 # "uuid", "mac" or "default"
+    how: str                 # "uuid", "mac", "default" or "group"
     path: Optional[str]      # the file looked at, None when the key was absent
     state: str               # "absent", "missing", "matched", "stale", "invalid"
     detail: str = ""
+
+
+class Candidate(NamedTuple):
+    """A group or seed file that may answer: `selector` is its sorted
+    (label, value) pairs; `group` the parsed Group (None for a seed file)."""
+    path: str
+    how: str                 # "group", "uuid", "mac" or "default"
+    selector: Tuple[Tuple[str, str], ...]
+    group: object = None
+
+    def matches(self, labels):
+        return all(labels.get(k) == v for k, v in self.selector)
+
+    def rank(self):
+        """Sort key, best first: more pairs; then the pairs as text, greatest
+        first (matchbox's order); a group before a seed file; the file name."""
+        text = ",".join("%s=%s" % kv for kv in self.selector)
+        return (-len(self.selector), tuple(-ord(c) for c in text) + (1,),
+                self.how != "group", self.path)
 
 
 class Lookup(NamedTuple):
@@ -153,33 +191,115 @@ class FileStore:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self.load_errors_total = 0
+        self.groups = _GroupIndex(os.path.join(self.root, "groups"),
+                                  self.parsers.get("group"), self.limits, self)
 
     def lookup(self, kind, uuid=None, mac=None):
-        """Find the config for a machine. `uuid` and `mac` are canonical or None."""
+        """Find the config for a machine known by `uuid` and `mac` (canonical or
+        None): select() with those two labels."""
+        labels = {}
+        if uuid:
+            labels["uuid"] = uuid
+        if mac:
+            labels["mac"] = mac
+        return self.select(kind, labels)
+
+    def select(self, kind, labels):
+        """The config of `kind` for a machine with `labels` (query parameters; uuid
+        and mac canonical): a Lookup whose trail has one step per candidate tried,
+        best first. A group file that never parsed makes a catch-all winner an
+        error: the machine it was meant for must not get the default system."""
         trail = []
-        for how, key in (("uuid", uuid), ("mac", mac), ("default", None)):
-            if how == "default":
-                rel = "%s/default" % kind
-            elif key is None:
-                trail.append(Step(how, None, "absent"))
-                continue
-            else:
-                name = self._indexes[kind, how].get(key)
-                if name is None:
-                    trail.append(Step(how, "%s/%s/%s" % (kind, how, key), "missing"))
-                    continue
-                rel = "%s/%s/%s" % (kind, how, name)
+        for cand in self.candidates(kind, labels):
+            if cand.how == "group":
+                if not cand.selector and self.groups.broken:
+                    return self._broken_groups(trail, cand)
+                return self._from_group(kind, cand, trail)
+            if not cand.selector and self.groups.broken:
+                return self._broken_groups(trail, cand)
             try:
-                value, stale, problem = self.load(rel, self.parsers[kind], kind)
+                value, stale, problem = self.load(cand.path, self.parsers[kind], kind)
             except FileNotFoundError:
-                trail.append(Step(how, rel, "missing"))
+                trail.append(Step(cand.how, cand.path, "missing"))
                 continue
             except LoadError as e:
-                trail.append(Step(how, rel, "invalid", e.reason))
+                trail.append(Step(cand.how, cand.path, "invalid", e.reason))
                 return Lookup(None, tuple(trail), e)
-            trail.append(Step(how, rel, "stale" if stale else "matched", problem))
-            return Lookup(Match(rel, how, value, stale), tuple(trail))
+            trail.append(Step(cand.how, cand.path, "stale" if stale else "matched", problem))
+            return Lookup(Match(cand.path, cand.how, value, stale), tuple(trail))
         return Lookup(None, tuple(trail))
+
+    def candidates(self, kind, labels, everything=False):
+        """The candidates for `kind` whose selectors `labels` satisfy, best first
+        (with `everything`, all of them, matching or not: for `explain`)."""
+        found = self.groups.candidates(labels, everything)
+        if kind in self.parsers and kind in KINDS:
+            for how in ("uuid", "mac"):
+                key = labels.get(how)
+                name = self._indexes[kind, how].get(key) if key else None
+                if name is not None:
+                    found.append(Candidate("%s/%s/%s" % (kind, how, name), how,
+                                           ((how, key),)))
+                elif everything and key:
+                    found.append(Candidate("%s/%s/%s" % (kind, how, key), how,
+                                           ((how, key),)))
+            found.append(Candidate("%s/default" % kind, "default", ()))
+        found.sort(key=Candidate.rank)
+        return found
+
+    def _broken_groups(self, trail, cand):
+        path, reason = sorted(self.groups.broken.items())[0]
+        error = LoadError(path, "never parsed (%s), so the machines it selects are unknown; "
+                          "%s would answer them, and does not until it is fixed"
+                          % (reason, cand.path))
+        trail.append(Step(cand.how, cand.path, "invalid", error.reason))
+        return Lookup(None, tuple(trail), error)
+
+    def _from_group(self, kind, cand, trail):
+        """The answer of `kind` from a winning group's profile: Match, no match
+        (the profile has no such answer) or a LoadError."""
+        group = cand.group
+        prof_rel = "profiles/%s.json" % group.profile
+        stale = cand.path in self.groups.stale
+        try:
+            profile, prof_stale, _ = self.load(prof_rel, self.parsers["profile"], "profile")
+        except FileNotFoundError:
+            error = LoadError(cand.path, "names profile %r, and %s does not exist"
+                              % (group.profile, prof_rel))
+            trail.append(Step("group", cand.path, "invalid", error.reason))
+            return Lookup(None, tuple(trail), error)
+        except LoadError as e:
+            trail.append(Step("group", cand.path, "invalid", "%s: %s" % (prof_rel, e.reason)))
+            return Lookup(None, tuple(trail), e)
+        if kind == "boot":
+            value, rel = profile.boot, prof_rel
+        elif kind == "metadata":
+            value, rel = group, cand.path
+        else:
+            name = profile.file(kind)
+            value, rel = None, None
+            if name:
+                rel = "%s/%s" % (kind, name)
+                try:
+                    value, file_stale, _ = self.load(rel, self.parsers["profile:" + kind],
+                                                     kind, key="profile:" + rel)
+                    stale = stale or file_stale
+                except FileNotFoundError:
+                    error = LoadError(prof_rel, "%s names %s, which does not exist"
+                                      % (groups_key(kind), rel))
+                    trail.append(Step("group", cand.path, "invalid", error.reason))
+                    return Lookup(None, tuple(trail), error)
+                except LoadError as e:
+                    trail.append(Step("group", cand.path, "invalid", e.reason))
+                    return Lookup(None, tuple(trail), e)
+        if value is None:
+            trail.append(Step("group", cand.path, "matched", "profile %s has no %s"
+                              % (group.profile, "boot" if kind == "boot" else
+                                 groups_key(kind))))
+            return Lookup(None, tuple(trail))
+        trail.append(Step("group", cand.path, "stale" if stale or prof_stale else "matched"))
+        return Lookup(Match(rel, "group", value, stale or prof_stale, group, cand.path,
+                            profile), tuple(trail))
 
     def shared(self, kind, name):
         """A named fragment, <kind>/shared/<name>: a Lookup with one step. `name` is
@@ -198,27 +318,33 @@ class FileStore:
                       (Step("shared", rel, "stale" if stale else "matched", problem),))
 
     def stats(self):
-        """Counts for /metrics: load errors seen, files served from a last good copy."""
+        """Counts for /metrics: load errors seen, files served from a last good
+        copy, group files that never parsed."""
         with self._lock:
             stale = sum(1 for e in self._cache.values()
                         if e.error is not None and e.good is not None)
-        return {"load_errors_total": self.load_errors_total, "stale": stale}
+        self.groups.refresh()
+        return {"load_errors_total": self.load_errors_total,
+                "stale": stale + len(self.groups.stale),
+                "groups": len(self.groups.files), "groups_invalid": len(self.groups.broken)}
 
     def scan(self, kind, how):
         """The directory index of kind/how: canonical key -> file name, plus the
         file names that were skipped and why (for `check`)."""
         return self._indexes[kind, how].snapshot()
 
-    def load(self, rel, parse, kind="boot"):
+    def load(self, rel, parse, kind="boot", key=None):
         """(value, stale, problem) for one file. Raises FileNotFoundError when it
-        does not exist, LoadError when it never parsed."""
+        does not exist, LoadError when it never parsed. `key` names its cache
+        entry when one file is read two ways (a profile's Ignition template)."""
         path = os.path.join(self.root, rel)
-        entry = self._cache.get(rel)
+        key = key or rel
+        entry = self._cache.get(key)
         now = time.monotonic()
         if entry is not None and entry.error is None and \
                 now - entry.checked < self.limits["file_check_seconds"]:
             try:
-                self._cache.move_to_end(rel)
+                self._cache.move_to_end(key)
             except KeyError:  # dropped by another thread just now
                 pass
             return entry.good, False, ""
@@ -226,17 +352,23 @@ class FileStore:
         if entry is not None and entry.sig == _signature(st):
             entry.checked = now
             try:
-                self._cache.move_to_end(rel)
+                self._cache.move_to_end(key)
             except KeyError:  # dropped by another thread just now
                 pass
             return entry.result(rel)
-        return self._reload(rel, path, parse, entry, self.max_bytes(kind))
+        return self._reload(rel, path, parse, entry, self.max_bytes(kind), key)
+
+    @staticmethod
+    def log_problems(full, entry_good):
+        for where, warning in getattr(entry_good, "warnings", ()):
+            log.warning("%s: %s: %s (served anyway)", full, where, warning,
+                        extra={"fields": {"file": full, "reason": warning}})
 
     def max_bytes(self, kind):
         """The largest file of `kind` the store reads."""
         return self.limits["max_ignition_bytes" if kind == "ignition" else "max_file_bytes"]
 
-    def _reload(self, rel, path, parse, old, max_bytes):
+    def _reload(self, rel, path, parse, old, max_bytes, key=None):
         settle = self.limits["settle_seconds"]
         deadline = time.monotonic() + self.limits["settle_wait_seconds"]
         while True:
@@ -266,19 +398,19 @@ class FileStore:
                 value, error = None, e
         good = value if error is None else (old.good if old is not None else None)
         entry = _Entry(_signature(st), error, good, len(data or b"") + 256)
-        self._remember(rel, entry, old)
+        self._remember(rel, entry, old, key or rel)
         return entry.result(rel)
 
-    def _remember(self, rel, entry, old):
+    def _remember(self, rel, entry, old, key):
         full = os.path.join(self.root, rel)
         with self._lock:
-            current = self._cache.pop(rel, None)
+            current = self._cache.pop(key, None)
             if current is not None:
                 self._cached_bytes -= current.size
-            self._cache[rel] = entry
+            self._cache[key] = entry
             self._cached_bytes += entry.size
             if self._cached_bytes > self.limits["cache_bytes"]:
-                self._evict(keep=rel)
+                self._evict(keep=key)
             if current is not None and current.sig == entry.sig:
                 return  # another thread read the same version and logged it
         if entry.error is not None:
@@ -291,9 +423,7 @@ class FileStore:
                 log.warning("%s: %s; machines it matches get 500 until it is fixed",
                             full, entry.error, extra={"fields": fields})
         else:
-            for where, warning in getattr(entry.good, "warnings", ()):
-                log.warning("%s: %s: %s (served anyway)", full, where, warning,
-                            extra={"fields": {"file": full, "reason": warning}})
+            self.log_problems(full, entry.good)
         if entry.error is None and old is not None and old.error is not None:
             log.info("%s: fixed, serving the new version", full)
         elif entry.error is None and old is not None:
@@ -332,6 +462,182 @@ class _Entry:
             return self.good, True, str(self.error)
         raise LoadError(rel, str(self.error), getattr(self.error, "line", None),
                         getattr(self.error, "col", None))
+
+
+def groups_key(kind):
+    """The profile key naming the file of `kind` (matchbox's field names)."""
+    return kind + "_id"
+
+
+class _GroupFile:
+    __slots__ = ("sig", "good", "error")
+
+    def __init__(self, sig, good, error):
+        self.sig, self.good, self.error = sig, good, error
+
+
+class _GroupIndex:
+    """Every parsed group file of groups/, indexed by the uuid or mac it selects
+    (groups selecting neither are kept in rank order). Rebuilt when the directory
+    changes, and when a sweep of stat() calls finds a file changed in place. A file
+    that never parsed is in `broken`; one served from its last good version is in
+    `stale`; one still settling is looked at again on the next refresh."""
+
+    def __init__(self, path, parse, limits, fs):
+        self.path, self.parse, self.limits, self.fs = path, parse, limits, fs
+        self.files = {}                 # file name -> _GroupFile
+        self.broken = {}                # "groups/<name>" -> reason
+        self.stale = set()              # "groups/<name>"
+        self._by = {"uuid": {}, "mac": {}}
+        self._general = []
+        self._pending = set()
+        self._sig = None
+        self._racy = False
+        self._checked_at = self._swept_at = self._scanned_at = -1e9
+        self._lock = threading.Lock()
+        if parse is not None:
+            self._scan(self._dir_signature(), True)
+
+    def candidates(self, labels, everything=False):
+        if self.parse is None:
+            return []
+        self.refresh()
+        if everything:
+            return [c for c in self._general] + \
+                [c for by in self._by.values() for cands in by.values() for c in cands]
+        out = []
+        for how in ("uuid", "mac"):
+            key = labels.get(how)
+            if key:
+                out += [c for c in self._by[how].get(key, ()) if c.matches(labels)]
+        for cand in self._general:
+            if cand.matches(labels):
+                out.append(cand)
+                break
+        return out
+
+    def refresh(self):
+        if self.parse is None:
+            return
+        now = time.monotonic()
+        if now - self._checked_at < self.limits["dir_check_seconds"]:
+            return
+        self._checked_at = now
+        sig = self._dir_signature()
+        every = max(self.limits["group_sweep_seconds"],
+                    len(self.files) * self.limits["group_sweep_us_per_file"] / 1e6)
+        changed = sig != self._sig or (self._racy and now - self._scanned_at >=
+                                       self.limits["rescan_seconds"])
+        if not changed and not self._pending and now - self._swept_at < every:
+            return
+        if not self._lock.acquire(blocking=False):
+            return      # another thread is at it; use the index as it was
+        try:
+            self._scan(sig, changed)
+        finally:
+            self._lock.release()
+
+    def _dir_signature(self):
+        try:
+            st = os.stat(self.path)
+            return (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            return None
+
+    def _scan(self, sig, list_dir):
+        started = time.time_ns()
+        now = time.monotonic()
+        if list_dir:
+            names = []
+            if sig is not None:
+                try:
+                    names = [e.name for e in os.scandir(self.path)
+                             if e.name.endswith(".json") and not e.name.startswith(".")]
+                except OSError as e:
+                    log.warning("%s: cannot list: %s", self.path, e)
+                    names = list(self.files)
+            self._scanned_at = now
+            self._racy = sig is not None and \
+                started - sig[1] < self.limits["racy_seconds"] * 1e9
+        else:
+            names = list(self.files)
+        self._swept_at = now
+        self._sig = sig
+        dirty = False
+        pending = set()
+        for name in set(self.files) - set(names):
+            del self.files[name]
+            dirty = True
+        for name in sorted(names):
+            changed = self._read(name, pending)
+            dirty = dirty or changed
+        self._pending = pending
+        if dirty:
+            self._rebuild()
+
+    def _read(self, name, pending):
+        """Look at one group file again; True when what it contributes changed."""
+        full = os.path.join(self.path, name)
+        old = self.files.get(name)
+        try:
+            st = os.stat(full)
+        except OSError:
+            if old is not None:
+                del self.files[name]
+                return True
+            return False
+        sig = _signature(st)
+        if old is not None and old.sig == sig:
+            return False
+        good = old.good if old is not None else None
+        try:
+            data, st = read_whole(full, self.limits["max_file_bytes"],
+                                  self.limits["recheck_seconds"])
+            value, error = self.parse(data), None
+        except (OSError, ValueError) as e:
+            value, error = None, getattr(e, "strerror", None) or str(e)
+        settling = 0 <= time.time() - st.st_mtime < self.limits["settle_seconds"]
+        if settling and (error is not None or good is not None):
+            pending.add(name)       # maybe half-written: keep what we had, look again
+            if old is None:
+                return False
+            return False
+        self.files[name] = _GroupFile(_signature(st), value if error is None else good, error)
+        if error is not None:
+            self.fs.load_errors_total += 1
+            log.warning("%s: %s; %s", full, error,
+                        "serving its last good version until it is fixed" if good is not None
+                        else "skipped: the machines it selects are unknown, so catch-all "
+                             "answers are refused until it is fixed",
+                        extra={"fields": {"file": full, "reason": error}})
+        else:
+            self.fs.log_problems(full, value)
+            if old is not None:
+                log.info("%s: %s, serving the new version", full,
+                         "fixed" if old.error is not None else "changed")
+        return True
+
+    def _rebuild(self):
+        by = {"uuid": {}, "mac": {}}
+        general, broken, stale = [], {}, set()
+        for name in sorted(self.files):
+            entry = self.files[name]
+            rel = "groups/" + name
+            if entry.error is not None:
+                if entry.good is None:
+                    broken[rel] = entry.error
+                    continue
+                stale.add(rel)
+            group = entry.good
+            cand = Candidate(rel, "group", group.selector, group)
+            labels = dict(group.selector)
+            key = "uuid" if "uuid" in labels else "mac" if "mac" in labels else None
+            if key:
+                by[key].setdefault(labels[key], []).append(cand)
+            else:
+                general.append(cand)
+        general.sort(key=Candidate.rank)
+        self._by, self._general, self.broken, self.stale = by, general, broken, stale
 
 
 class _DirIndex:

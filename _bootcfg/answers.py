@@ -64,6 +64,7 @@ class Request(NamedTuple):
     headers: object      # a case-insensitive mapping (http.client.HTTPMessage)
     client: str = ""     # the peer's address
     local: Tuple = ()    # (address, port) the request arrived on
+    raw_query: str = ""  # the query string as sent (templates' request.raw_query)
 
 
 class Response:

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import render
 import store
-from _bootcfg import __version__, ignition, images, metrics, status_page
+from _bootcfg import __version__, groups, ignition, images, metrics, status_page, template
 from _bootcfg.answers import Refusal, Response, printable, refused
 from _bootcfg.status import Tracker
 
@@ -30,9 +30,13 @@ GRUB_ROUTES = ("/grub", "/grub/grub.cfg")      # over HTTP; TFTP errors are erro
 # Machine facts a GRUB or iPXE query may carry, besides uuid and mac.
 FACTS = ("hostname", "serial", "domain", "arch", "platform")
 
-# The parse function of each kind of config the store serves (None: bytes as-is).
+# The parse function of each kind of file the store reads (None: bytes as-is);
+# "profile:<kind>" is for the files profiles name, which may be templates.
 PARSERS = {"boot": render.parse_boot_config, "cloud": None,
-           "ignition": ignition.parse_ignition}
+           "ignition": ignition.parse_ignition,
+           "group": groups.parse_group, "profile": groups.parse_profile,
+           "profile:cloud": template.parse_file, "profile:generic": template.parse_file,
+           "profile:ignition": ignition.parse_ignition_template}
 
 # Rendering is pure, so a config renders once until it changes (a changed file
 # parses to a new BootConfig, which is a new key).
@@ -65,6 +69,8 @@ class App:
             "/ipxe": self.ipxe,
             "/cloud": self.cloud,
             "/ignition": self.ignition,
+            "/generic": self.generic,
+            "/metadata": self.metadata,
             "/grub": self.grub,
             "/grub/grub.cfg": self.grub_first,
             "/metrics": self.metrics_page,
@@ -83,6 +89,7 @@ class App:
             ("/pixiecore/v1/boot/", self.pixiecore),
             ("/ignition/shared/", self.ignition_shared),
             ("/images/", self.image),
+            ("/assets/", self.image),           # matchbox's name for the same files
         )
 
     # ------------------------------------------------------------ the seam
@@ -132,8 +139,9 @@ class App:
         if self.images_root is None:
             raise Refusal("not found", "no such file (image serving is off)")
         first = None
-        for name in (req.path, req.path[len("images/"):] if
-                     req.path.startswith("images/") else None):
+        prefix = req.path.split("/", 1)[0] + "/"
+        for name in (req.path, req.path[len(prefix):] if
+                     prefix in ("images/", "assets/") else None):
             if not name:
                 continue
             try:
@@ -187,25 +195,63 @@ class App:
         return Response(body=render.render_chainload())
 
     def ipxe(self, req):
-        uuid, mac = machine_from_query(req.query)
-        match = self.lookup("boot", uuid, mac)
-        resp = Response(body=render_ipxe(match.value), matched=match.path,
-                        machine=(uuid or "", mac or ""), lookup=("boot", match.how))
+        labels, machine = machine_labels(req)
+        match = self.lookup("boot", labels)
+        resp = Response(body=render_ipxe(match.value), matched=matched_text(match),
+                        machine=machine, lookup=("boot", match.how))
         resp.expects = expected_steps(match.value, req)
         return resp
 
     def cloud(self, req):
-        uuid, mac = machine_from_query(req.query)
-        match = self.lookup("cloud", uuid, mac)
-        return Response(body=match.value, matched=match.path, machine=(uuid or "", mac or ""),
+        labels, machine = machine_labels(req)
+        match = self.lookup("cloud", labels)
+        body = match.value
+        if match.group is not None:
+            body = self.fill(match, labels, req, match.value)
+        return Response(body=body, matched=matched_text(match), machine=machine,
                         lookup=("cloud", match.how))
 
     def ignition(self, req):
-        uuid, mac = machine_from_query(req.query)
-        match = self.lookup("ignition", uuid, mac)
-        return Response(body=match.value.data, content_type=ignition.CONTENT_TYPE,
-                        matched=match.path, machine=(uuid or "", mac or ""),
+        labels, machine = machine_labels(req)
+        match = self.lookup("ignition", labels)
+        cfg = match.value
+        if isinstance(cfg, ignition.IgnitionTemplate):
+            cfg = self.fill(match, labels, req, cfg)
+        return Response(body=cfg.data, content_type=ignition.CONTENT_TYPE,
+                        matched=matched_text(match), machine=machine,
                         lookup=("ignition", match.how))
+
+    def generic(self, req):
+        labels, machine = machine_labels(req)
+        match = self.lookup("generic", labels)
+        return Response(body=self.fill(match, labels, req, match.value),
+                        matched=matched_text(match), machine=machine,
+                        lookup=("generic", match.how))
+
+    def metadata(self, req):
+        labels, machine = machine_labels(req)
+        match = self.lookup("metadata", labels)
+        values = groups.variables(match.group, labels, req.raw_query)
+        return Response(body=groups.env_lines(values), matched=matched_text(match),
+                        machine=machine, lookup=("metadata", match.how))
+
+    def fill(self, match, labels, req, tpl):
+        """A profile's template filled with the winning group's variables; a
+        template that cannot be filled for this group is 500 (logged, named)."""
+        try:
+            if isinstance(tpl, ignition.IgnitionTemplate):
+                return render_ignition_template(tpl, group_values(match.group))
+            return tpl.render(groups.variables(match.group, labels, req.raw_query)
+                              ).encode("utf-8")
+        except (template.TemplateError, render.ConfigError) as e:
+            problem = "%s for %s: %s" % (match.path, match.group_path, e)
+            log.warning("%s", problem, extra={"fields": {"file": match.path,
+                                                        "reason": str(e)}})
+            raise Refusal("invalid config", "%s cannot be used for %s; the server log says "
+                          "why" % (match.path, match.group_path),
+                          matched=matched_text(match) + " (invalid)",
+                          machine=(labels.get("uuid", ""), labels.get("mac", "")),
+                          problem=problem, lookup=(match_kind(match), "invalid")) from None
 
     def ignition_shared(self, req):
         name = unquote(req.path[len("/ignition/shared/"):])
@@ -228,8 +274,8 @@ class App:
         """The machine's GRUB answer, from the same boot config as /ipxe. Over TFTP
         bare /paths live on GRUB's own $net_default_server; over HTTP on the
         address this request arrived at (never its Host header)."""
-        uuid, mac = machine_from_query(req.query)
-        match = self.lookup("boot", uuid, mac)
+        labels, (uuid, mac) = machine_labels(req)
+        match = self.lookup("boot", labels)
         machine = {name: req.query.get(name, "") for name in FACTS}
         machine.update(uuid=store.spelling("uuid", req.query.get("uuid")),
                        mac=store.spelling("mac", req.query.get("mac")))
@@ -237,12 +283,12 @@ class App:
         try:
             body = render.render_grub(match.value, machine, grub_device(req), not over_tftp)
         except render.GrubError as e:
-            log.warning("%s: no GRUB answer%s for uuid=%s mac=%s: %s", match.path,
+            log.warning("%s: no GRUB answer%s for uuid=%s mac=%s: %s", matched_text(match),
                         " over TFTP" if over_tftp else "", uuid or "-", mac or "-", e)
             raise Refusal("invalid config", "%s: %s" % (match.path, e),
-                          matched=match.path + " (not for GRUB)",
-                          machine=(uuid or "", mac or ""), lookup=("boot", match.how)) from None
-        resp = Response(body=body, matched=match.path, machine=(uuid or "", mac or ""),
+                          matched=matched_text(match) + " (not for GRUB)",
+                          machine=(uuid, mac), lookup=("boot", match.how)) from None
+        resp = Response(body=body, matched=matched_text(match), machine=(uuid, mac),
                         lookup=("boot", match.how))
         resp.expects = expected_steps(match.value, req)
         return resp
@@ -260,9 +306,9 @@ class App:
             raise Refusal("bad request", str(e)) from None
         if mac is None:
             raise Refusal("bad request", "placeholder MAC %s names no machine" % raw)
-        match = self.lookup("boot", None, mac)
+        match = self.lookup("boot", {"mac": mac})
         resp = Response(body=render_pixiecore(match.value),
-                        content_type="application/json", matched=match.path,
+                        content_type="application/json", matched=matched_text(match),
                         lookup=("boot", match.how),
                         machine=("", mac))
         # Pixiecore downloads kernel and initrd from its own address: not expected.
@@ -291,8 +337,9 @@ class App:
         if self.images_root is None:
             raise Refusal("not found", "image serving is off: no images directory")
         try:
-            status, headers, file = images.serve(self.images_root,
-                                                 req.path[len("/images/"):], req.headers)
+            # /images/x and /assets/x (matchbox's name) are the same file.
+            status, headers, file = images.serve(self.images_root, req.path.split("/", 2)[2],
+                                                 req.headers)
         except Refusal as e:
             if e.kind == "forbidden":
                 log.warning("refused image %s: %s", printable(req.path), e.message)
@@ -303,12 +350,13 @@ class App:
 
     # ------------------------------------------------------------ lookups
 
-    def lookup(self, kind, uuid, mac):
-        """The store's match for a machine, or Refusal: no match (404) or a config
-        that exists and never loaded (500; the store has logged why). The answer
-        built from a match carries lookup=(kind, match.how), counted when it is
-        recorded."""
-        found = self.store.lookup(kind, uuid, mac)
+    def lookup(self, kind, labels):
+        """The store's match for a machine with `labels`, or Refusal: no match
+        (404) or a config that exists and never loaded (500; the store has logged
+        why). The answer built from a match carries lookup=(kind, match.how),
+        counted when it is recorded."""
+        found = self.store.select(kind, labels)
+        uuid, mac = labels.get("uuid"), labels.get("mac")
         machine = (uuid or "", mac or "")
         if found.error is not None:
             raise Refusal("invalid config",
@@ -317,10 +365,50 @@ class App:
                           problem="%s: %s" % (found.error.path, found.error.reason),
                           lookup=(kind, "invalid"))
         if found.match is None:
-            raise Refusal("no match", "no %s config for uuid=%s mac=%s and no %s/default"
-                          % (kind, uuid or "-", mac or "-", kind),
-                          matched="no match", machine=machine, lookup=(kind, "none"))
+            last = found.trail[-1] if found.trail else None
+            if last is not None and last.how == "group":
+                message = "%s matches uuid=%s mac=%s, and %s" % (
+                    last.path, uuid or "-", mac or "-", last.detail)
+                matched = "%s (%s)" % (last.path, last.detail)
+            else:
+                message = "no %s config for uuid=%s mac=%s and no %s/default" % (
+                    kind, uuid or "-", mac or "-", kind)
+                matched = "no match"
+            raise Refusal("no match", message, matched=matched, machine=machine,
+                          lookup=(kind, "none"))
         return found.match
+
+
+def matched_text(match):
+    """What the access log and /status name: the file, and for a group answer
+    the group and profile too."""
+    if match.group is None:
+        return match.path
+    return "%s (group %s, profile %s)" % (match.path, match.group_path, match.group.profile)
+
+
+def match_kind(match):
+    return match.path.split("/", 1)[0] if match.path.split("/", 1)[0] in \
+        store.GROUP_KINDS else "boot"
+
+
+def group_values(group):
+    """A group's variables without `request`: what Ignition templates may use."""
+    return groups.variables(group, {}, "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _filled_ignition(tpl, values_json):
+    import json
+    return ignition.parse_ignition(tpl.render(json.loads(values_json)))
+
+
+def render_ignition_template(tpl, values):
+    """The Ignition config a template gives one group, validated (once per
+    template version and group values). Raises TemplateError or ConfigError."""
+    import json
+    values = {k: v for k, v in values.items() if k != "request"}
+    return _filled_ignition(tpl, json.dumps(values, sort_keys=True))
 
 
 ADMIN_ROUTES = ("/status", "/status.json", "/metrics")
@@ -347,9 +435,10 @@ def _expected_steps(cfg, host, local, files):
                                             for u in cfg.initrd] if files else []
     for step, url in downloads:
         parts = urlsplit(url) if "://" in url else None
-        if parts is None and url.startswith("/images/"):
+        if parts is None and url.startswith(("/images/", "/assets/")):
             out.append((step, url.split("?", 1)[0]))
-        elif parts is not None and parts.netloc in mine and parts.path.startswith("/images/"):
+        elif parts is not None and parts.netloc in mine and \
+                parts.path.startswith(("/images/", "/assets/")):
             out.append((step, parts.path))
     for arg in cfg.args:
         name, _, value = arg.partition("=")
@@ -369,6 +458,19 @@ def grub_device(req):
     if host.startswith("::ffff:"):
         host = host[len("::ffff:"):]
     return "(http,%s:%d)" % ("[%s]" % host if ":" in host else host, port)
+
+
+def machine_labels(req):
+    """(labels, (uuid, mac)): every non-empty query parameter, uuid and mac
+    canonical (malformed ones dropped with a warning), and the machine's keys."""
+    query = req.query
+    uuid, mac = machine_from_query(query)
+    labels = {k: v for k, v in query.items() if v and k not in ("uuid", "mac")}
+    if uuid:
+        labels["uuid"] = uuid
+    if mac:
+        labels["mac"] = mac
+    return labels, (uuid or "", mac or "")
 
 
 def machine_from_query(query):

@@ -17,6 +17,7 @@ import json
 import posixpath
 import re
 from typing import NamedTuple, Tuple
+from urllib.parse import quote
 
 from render import ConfigError
 
@@ -29,6 +30,104 @@ class IgnitionConfig(NamedTuple):
     version: str
     warnings: Tuple[Tuple[str, str], ...]  # (JSON path, message)
     sources: Tuple[Tuple[str, str], ...]   # (JSON path, URL) of config.merge/replace
+
+
+class IgnitionTemplate(NamedTuple):
+    """A profile's Ignition file with {{.key}} placeholders inside JSON strings.
+    `parts` alternate literal text and (field path, shown, mode) placeholders;
+    mode is "json" (JSON-escaped) or "url" (percent-encoded, inside a data: URL)."""
+    parts: tuple
+    warnings: Tuple[Tuple[str, str], ...] = ()
+
+    def render(self, values):
+        """The filled-in config's bytes; TemplateError for a missing key or a
+        value that is a list, an object or null."""
+        from _bootcfg.template import TemplateError, go_format
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            path, shown, mode = part
+            value = values
+            for name in path:
+                if not isinstance(value, dict) or name not in value:
+                    raise TemplateError("%s: no value %r in the group's metadata or "
+                                        "selector" % (shown, ".".join(path)))
+                value = value[name]
+            if value is None or isinstance(value, (list, dict)):
+                raise TemplateError("%s: is %s; only strings, numbers and booleans can be "
+                                    "placed in an Ignition string"
+                                    % (shown, "null" if value is None else "a list or an "
+                                       "object"))
+            text = go_format(value)
+            out.append(quote(text, safe="") if mode == "url" else
+                       json.dumps(text, ensure_ascii=False)[1:-1])
+        return "".join(out).encode("utf-8")
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*((?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*\}\}")
+
+
+def parse_ignition_template(data):
+    """A profile's Ignition file: an IgnitionConfig when it has no `{{` (served
+    byte for byte), else an IgnitionTemplate whose every filling must still be
+    validated (it is, per group, before it is served). Raises ConfigError."""
+    if b"{{" not in data:
+        return parse_ignition(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("not UTF-8 (byte %d)" % e.start) from None
+    parts, literal, i = [], [], 0
+    in_string, string_start = False, 0
+    while i < len(text):
+        ch = text[i]
+        if in_string and ch == "\\":
+            literal.append(text[i:i + 2])
+            i += 2
+            continue
+        if ch == '"':
+            in_string = not in_string
+            string_start = i + 1
+        elif text.startswith("{{", i):
+            line = text.count("\n", 0, i) + 1
+            col = i - (text.rfind("\n", 0, i) + 1) + 1
+            m = _PLACEHOLDER.match(text, i)
+            if not in_string:
+                raise ConfigError("{{ outside a JSON string: placeholders go inside strings "
+                                  "(\"{{.hostname}}\")", line, col)
+            if not m:
+                raise ConfigError("only {{.key}} placeholders are allowed in Ignition files "
+                                  "(no if, range, index or functions): %s"
+                                  % text[i:i + 30].split("}}")[0] + "}}", line, col)
+            path = tuple(m.group(1)[1:].split("."))
+            if path[0] == "request":
+                raise ConfigError("{{%s}}: request values are not allowed in Ignition files "
+                                  "(the answer must not depend on what a client puts in its "
+                                  "query)" % m.group(1), line, col)
+            so_far = text[string_start:i]
+            mode = "json"
+            if so_far.startswith("data:"):
+                if ";base64," in so_far or so_far.endswith(";base64"):
+                    raise ConfigError("{{%s}} inside a base64 data: URL cannot be filled; "
+                                      "use a plain data: URL (it is percent-encoded)"
+                                      % m.group(1), line, col)
+                mode = "url"
+            parts.append("".join(literal))
+            literal = []
+            parts.append((path, "%d:%d: {{%s}}" % (line, col, m.group(1)), mode))
+            i = m.end()
+            continue
+        literal.append(ch)
+        i += 1
+    parts.append("".join(literal))
+    tpl = IgnitionTemplate(tuple(p for p in parts if p != ""))
+    # The file with every placeholder filled by a harmless word must be a valid
+    # config: what only a group's values can break is checked per group.
+    probe = "".join(p if isinstance(p, str) else "x" for p in tpl.parts)
+    cfg = parse_ignition(probe.encode("utf-8"))
+    return tpl._replace(warnings=cfg.warnings)
 
 
 # ---------------------------------------------------------------- the schema

@@ -255,7 +255,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 resp = refused(e)
             else:
                 req = Request(self.command, path, query, self.headers,
-                              self.client_address[0], self.local_address)
+                              self.client_address[0], self.local_address,
+                              self.path.partition("?")[2])
                 resp = server.app(req)
             self._answer(resp, send_body, req)
         finally:

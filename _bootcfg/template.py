@@ -78,8 +78,13 @@ def parse(text):
     return Template(tuple(nodes), text)
 
 
-def has_actions(text):
-    return "{{" in text
+def parse_file(data):
+    """A Template from a file's bytes (UTF-8), or ConfigError."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("not UTF-8 (byte %d)" % e.start) from None
+    return parse(text)
 
 
 def _lex(text):

@@ -154,7 +154,7 @@ class TftpServer:
             sock.connect(client)
             path, _, qs = name.lstrip("/").partition("?")
             query = {k: v[0] for k, v in parse_qs(qs, keep_blank_values=True).items()}
-            req = Request("RRQ", path, query, {}, client[0], sock.getsockname()[:2])
+            req = Request("RRQ", path, query, {}, client[0], sock.getsockname()[:2], qs)
             resp = self.app.tftp(req)
             if resp.status != 200:
                 code = NOT_FOUND if resp.status == 404 else \

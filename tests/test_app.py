@@ -21,8 +21,8 @@ class FakeStore:
         self.outcome = outcome
         self.asked = []
 
-    def lookup(self, kind, uuid=None, mac=None):
-        self.asked.append((kind, uuid, mac))
+    def select(self, kind, labels):
+        self.asked.append((kind, labels.get("uuid"), labels.get("mac")))
         if self.outcome == "match":
             value = CFG if kind == "boot" else b"#cloud-config\n"
             return Lookup(Match("%s/default" % kind, "default", value, False), ())

@@ -148,7 +148,7 @@ def test_first_script_quotes_the_query():
     line = [ln for ln in script.splitlines() if ln.startswith("configfile")][0]
     assert line == ('configfile "(tftp,$net_default_server)/grub?uuid=${bootcfg_uuid}'
                     '&mac=${net_default_mac}&hostname=${bootcfg_hostname}'
-                    '&serial=${bootcfg_serial}"')
+                    '&serial=${bootcfg_serial}&arch=${grub_cpu}&platform=${bootcfg_platform}"')
     assert "smbios --type 1 --get-uuid 8 --set bootcfg_uuid" in script
     assert "smbios --type 1 --get-string 7 --set bootcfg_serial" in script
 

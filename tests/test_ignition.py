@@ -274,5 +274,5 @@ def test_explain_shows_the_ignition_answer(ign):
                       text=False)
     assert out.returncode == 0 and out.stdout == ign.get("/ignition?uuid=" + UUID1)[2]
     report = run_bootcfg("explain", "-data-path", d, "--mac", MAC1).stdout
-    assert re.search(r"mac +ignition/mac/52-54-00-89-D8-10 +INVALID.*path not absolute", report)
+    assert re.search(r"mac +ignition/mac/52-54-00-89-D8-10 +\S+ +INVALID.*path not absolute", report)
     assert "==> GET /ignition?uuid=&mac=52%3A54%3A00%3A89%3Ad8%3A10 -> 500" in report

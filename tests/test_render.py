@@ -154,6 +154,6 @@ def test_chainload_passes_machine_facts():
     assert script.startswith("#!ipxe\n")
     chain = [line for line in script.splitlines() if line.startswith("chain ")][0]
     for fact in ("uuid=${uuid}", "mac=${mac:hexhyp}", "hostname=${hostname:uristring}",
-                 "serial=${serial:uristring}", "arch=${buildarch", "platform=${platform"):
+                 "serial=${serial:uristring}", "arch=${bootcfg_arch", "platform=${platform"):
         assert fact in chain
     assert chain.split()[1].startswith("ipxe?")

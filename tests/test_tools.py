@@ -156,12 +156,13 @@ def test_explain_matches_server_byte_for_byte(serve, uuid, mac):
 def test_explain_shows_the_search(data_dir):
     out = bootcfg("explain", "-data-path", str(data_dir), "--uuid", UUID1, "--mac", MAC1,
                   "--platform", "efi").stdout.decode()
-    assert re.search(r"uuid +boot/uuid/%s +MATCHED" % UUID1, out)
-    assert re.search(r"mac +- +not looked at", out)
+    assert re.search(r"uuid +boot/uuid/%s +\S+ +MATCHED" % UUID1, out)
+    assert re.search(r"mac +boot/mac/52-54-00-89-D8-10 +\{mac=%s\} +matches, ranks below "
+                     r"boot/uuid/%s" % (MAC1, UUID1), out)
     assert "platform efi" in out and "initrd=<name>" in out
     out = bootcfg("explain", "-data-path", str(data_dir), "--mac", "52:54:00:00:00:99").stdout
-    assert re.search(rb"mac +boot/mac/52:54:00:00:00:99 +no file", out)
-    assert re.search(rb"default +boot/default +MATCHED", out)
+    assert re.search(rb"mac +boot/mac/52:54:00:00:00:99 +\S+ +no file", out)
+    assert re.search(rb"default +boot/default +\{\} +MATCHED", out)
 
 
 def test_explain_invalid_file(data_dir):
@@ -169,7 +170,7 @@ def test_explain_invalid_file(data_dir):
     os.utime(str(data_dir / "boot/mac" / MAC1), (time.time() - 5,) * 2)
     os.unlink(str(data_dir / "boot/mac/52-54-00-89-D8-10"))
     out = bootcfg("explain", "-data-path", str(data_dir), "--mac", MAC1).stdout.decode()
-    assert re.search(r"mac +boot/mac/%s +INVALID.*invalid JSON" % MAC1, out)
+    assert re.search(r"mac +boot/mac/%s +\S+ +INVALID.*invalid JSON" % MAC1, out)
     assert "chosen: none (500)" in out and "-> 500" in out
 
 
