@@ -317,7 +317,7 @@ class App:
 
     def status_html(self, req):
         body = status_page.render_html(self.tracker.view(), self.tracker.stuck_after,
-                                       time.time(), req.query)
+                                       time.time(), req.query, problems=self.problems())
         return Response(body=body, content_type="text/html; charset=utf-8",
                         headers=[("Content-Security-Policy", status_page.CSP),
                                  ("Cache-Control", "no-store"),
@@ -325,9 +325,15 @@ class App:
 
     def status_json(self, req):
         body = status_page.render_json(self.tracker.view(), self.tracker.stuck_after,
-                                       time.time(), req.query)
+                                       time.time(), req.query, self.problems())
         return Response(body=body, content_type="application/json",
                         headers=[("Cache-Control", "no-store")])
+
+    def problems(self):
+        """What /status shows above the machines: group files that never parsed."""
+        broken = getattr(getattr(self.store, "groups", None), "broken", {})
+        return ["%s never parsed (%s): catch-all answers get 500 until it is fixed"
+                % (path, reason) for path, reason in sorted(broken.items())]
 
     def metrics_page(self, req):
         return Response(body=self.metrics.render(self.store.stats()),

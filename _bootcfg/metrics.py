@@ -87,8 +87,8 @@ class Metrics:
                "Response body bytes sent, by route.",
                [({"route": r}, n) for r, n in sent])
         family(out, "bootcfg_machine_lookups_total", "counter",
-               "Machines answered, by config kind (boot, cloud, ignition) and what matched "
-               "(uuid, mac, default, shared, none, invalid).",
+               "Machines answered, by config kind (boot, cloud, ignition, generic, metadata) "
+               "and what matched (uuid, mac, default, group, shared, none, invalid).",
                [({"kind": k, "match": m}, n) for (k, m), n in lookups])
         family(out, "bootcfg_config_load_errors_total", "counter",
                "Config files found unusable (each change of a file counts once).",
@@ -96,6 +96,13 @@ class Metrics:
         family(out, "bootcfg_configs_stale", "gauge",
                "Config files currently served from their last good version because "
                "the file on disk is unusable.", [({}, store_stats["stale"])])
+        family(out, "bootcfg_groups", "gauge",
+               "Group files in groups/ that parsed (now or in a last good version).",
+               [({}, store_stats.get("groups", 0) - store_stats.get("groups_invalid", 0))])
+        family(out, "bootcfg_group_files_invalid", "gauge",
+               "Group files that never parsed: their machines are unknown, so catch-all "
+               "answers are refused (500) until they are fixed.",
+               [({}, store_stats.get("groups_invalid", 0))])
         family(out, "bootcfg_open_connections", "gauge",
                "Client connections currently open (all workers).",
                [({}, total.open_connections)])

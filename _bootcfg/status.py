@@ -31,7 +31,8 @@ KINDS = {
     "/ipxe": "script", "/pixiecore/v1/boot/": "script", "/grub": "script",
     "tftp:grub": "script", "tftp:ipxe": "script",
     "/cloud": "config", "/ignition": "config", "/ignition/shared/": "config",
-    "/images/": "file", "tftp:images": "file",
+    "/generic": "config", "/metadata": "config",
+    "/images/": "file", "/assets/": "file", "tftp:images": "file",
 }
 STATES = ("booting", "handed off", "stuck", "failed")
 _FIELDS = ("t", "kind", "route", "client", "uuid", "mac", "hostname", "serial", "arch",
@@ -152,7 +153,8 @@ class Tracker:
             self._client_machine.move_to_end(client)
             _trim(self._client_machine, 2 * self.max_machines)
         elif kind == "config":
-            step["step"] = "ignition" if "ignition" in ev["route"] else "cloud-config"
+            step["step"] = {"/generic": "generic", "/metadata": "metadata"}.get(
+                ev["route"], "ignition" if "ignition" in ev["route"] else "cloud-config")
             key = ev["mac"] or ev["uuid"] or self._client_machine.get(client) or client
             rec = self._record(key, ev, t)
             self._add_step(rec, step)

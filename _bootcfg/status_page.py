@@ -69,11 +69,13 @@ def iso(t):
         "%Y-%m-%dT%H:%M:%SZ")
 
 
-def render_json(records, stuck_after, now, query):
+def render_json(records, stuck_after, now, query, problems=()):
+    """`problems` are data directory troubles every machine may feel (group files
+    that never parsed), shown above the machines."""
     counts, total, page = machines(records, stuck_after, now, **filters(query))
     return (json.dumps({"generated": iso(now), "stuck_after_seconds": stuck_after,
-                        "counts": counts, "matching": total, "machines": page},
-                       indent=1) + "\n").encode()
+                        "counts": counts, "matching": total, "problems": list(problems),
+                        "machines": page}, indent=1) + "\n").encode()
 
 
 def filters(query):
@@ -101,7 +103,7 @@ code{font-size:.9em}form{margin:.6em 0}
 """
 
 
-def render_html(records, stuck_after, now, query, refresh=5):
+def render_html(records, stuck_after, now, query, refresh=5, problems=()):
     f = filters(query)
     counts, total, page = machines(records, stuck_after, now, **f)
     e = html.escape
@@ -114,7 +116,10 @@ def render_html(records, stuck_after, now, query, refresh=5):
     for st in STATES:
         out.append('<span class="%s">%s: <b id="count-%s">%d</b></span>'
                    % (st.replace(" ", "-"), st, st.replace(" ", "-"), counts[st]))
-    out.append("</p><form method=get action=status><label>state <select name=state>"
+    out.append("</p>")
+    for problem in problems:
+        out.append('<p class=failed id=problem>%s</p>' % e(problem))
+    out.append("<form method=get action=status><label>state <select name=state>"
                "<option value=''>any</option>")
     for st in STATES:
         out.append("<option%s>%s</option>" % (" selected" if f["want_state"] == st else "", st))
