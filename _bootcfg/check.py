@@ -58,7 +58,8 @@ def check(app):
             if entry not in known and not entry.startswith(".") and \
                     (kind, entry) not in named:
                 found.append(Finding(os.path.join(kind_dir, entry), None, None, "warning",
-                                     "not a place bootcfg looks (only %s are read)"
+                                     "not a place bootcfg looks (only %s, and files the "
+                                     "profiles of groups name, are read)"
                                      % ", ".join(sorted(known))))
         shared_dir = os.path.join(kind_dir, "shared")
         default = os.path.join(kind_dir, "default")

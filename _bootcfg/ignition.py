@@ -123,11 +123,16 @@ def parse_ignition_template(data):
         i += 1
     parts.append("".join(literal))
     tpl = IgnitionTemplate(tuple(p for p in parts if p != ""))
-    # The file with every placeholder filled by a harmless word must be a valid
-    # config: what only a group's values can break is checked per group.
-    probe = "".join(p if isinstance(p, str) else "x" for p in tpl.parts)
-    cfg = parse_ignition(probe.encode("utf-8"))
-    return tpl._replace(warnings=cfg.warnings)
+    # Filled with some harmless value (a word, a path, a URL), the file must be a
+    # valid config: what only a group's own values can break is checked per group.
+    first = None
+    for word in ("x", "/x", "http://x/x"):
+        probe = "".join(p if isinstance(p, str) else word for p in tpl.parts)
+        try:
+            return tpl._replace(warnings=parse_ignition(probe.encode("utf-8")).warnings)
+        except ConfigError as e:
+            first = first or e
+    raise first
 
 
 # ---------------------------------------------------------------- the schema
