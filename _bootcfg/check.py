@@ -225,7 +225,8 @@ def check_selectors(fs, parsed):
 
 def _ambiguous(root, candidates):
     """Warnings for pairs of candidate families (same number of labels, different
-    label names) that one request can match both of: once per pair of families."""
+    label names) that one request can match both of, once per pair of families,
+    unless the winner is the one that names the machine (mac or uuid)."""
     families = {}
     for rel, selector in candidates:
         if selector:
@@ -246,6 +247,9 @@ def _ambiguous(root, candidates):
                 a = groups.selector_text(tuple(sorted(sel.items())))
                 b = groups.selector_text(tuple(sorted(osel.items())))
                 win, lose = (rel, other) if a > b else (other, rel)
+                wsel, lsel = (sel, osel) if a > b else (osel, sel)
+                if _one_machine(wsel) and not _one_machine(lsel):
+                    break       # the machine's own candidate wins: what anyone expects
                 found.append(Finding(
                     os.path.join(root, lose), None, None, "warning",
                     "a machine whose labels match both {%s} (%s) and {%s} (%s) gets %s: "
@@ -256,6 +260,10 @@ def _ambiguous(root, candidates):
                        % (len(families[n1, k1]), len(families[n2, k2])))))
                 break
     return found
+
+
+def _one_machine(selector):
+    return "mac" in selector or "uuid" in selector
 
 
 def _names(folder):
