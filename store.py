@@ -590,12 +590,18 @@ class _GroupIndex:
         if old is not None and old.sig == sig:
             return False
         good = old.good if old is not None else None
-        try:
-            data, st = read_whole(full, self.limits["max_file_bytes"],
-                                  self.limits["recheck_seconds"])
-            value, error = self.parse(data), None
-        except (OSError, ValueError) as e:
-            value, error = None, getattr(e, "strerror", None) or str(e)
+        # Read without the truncation recheck first (it sleeps: 100,000 group files
+        # would take minutes to start); a file caught mid-truncation does not parse,
+        # and only then is it read again with the recheck.
+        for recheck in (0.0, self.limits["recheck_seconds"]):
+            try:
+                data, st = read_whole(full, self.limits["max_file_bytes"], recheck)
+                value, error = self.parse(data), None
+                break
+            except (OSError, ValueError) as e:
+                value, error = None, getattr(e, "strerror", None) or str(e)
+                if isinstance(e, FileNotFoundError):
+                    break
         settling = 0 <= time.time() - st.st_mtime < self.limits["settle_seconds"]
         if settling and (error is not None or good is not None):
             pending.add(name)       # maybe half-written: keep what we had, look again
