@@ -156,6 +156,7 @@ class Candidate(NamedTuple):
     how: str                 # "group", "uuid", "mac" or "default"
     selector: Tuple[Tuple[str, str], ...]
     group: object = None
+    order: tuple = ()        # rank(), computed once for groups
 
     def matches(self, labels):
         return all(labels.get(k) == v for k, v in self.selector)
@@ -163,6 +164,8 @@ class Candidate(NamedTuple):
     def rank(self):
         """Sort key, best first: more pairs; then the pairs as text, greatest
         first (matchbox's order); a group before a seed file; the file name."""
+        if self.order:
+            return self.order
         text = ",".join("%s=%s" % kv for kv in self.selector)
         return (-len(self.selector), tuple(-ord(c) for c in text) + (1,),
                 self.how != "group", self.path)
@@ -233,17 +236,21 @@ class FileStore:
         """The candidates for `kind` whose selectors `labels` satisfy, best first
         (with `everything`, all of them, matching or not: for `explain`)."""
         found = self.groups.candidates(labels, everything)
+        seeds = []
         if kind in self.parsers and kind in KINDS:
             for how in ("uuid", "mac"):
                 key = labels.get(how)
                 name = self._indexes[kind, how].get(key) if key else None
                 if name is not None:
-                    found.append(Candidate("%s/%s/%s" % (kind, how, name), how,
+                    seeds.append(Candidate("%s/%s/%s" % (kind, how, name), how,
                                            ((how, key),)))
                 elif everything and key:
-                    found.append(Candidate("%s/%s/%s" % (kind, how, key), how,
+                    seeds.append(Candidate("%s/%s/%s" % (kind, how, key), how,
                                            ((how, key),)))
-            found.append(Candidate("%s/default" % kind, "default", ()))
+            seeds.append(Candidate("%s/default" % kind, "default", ()))
+        if not found:
+            return seeds        # uuid, mac, default: already in rank order
+        found += seeds
         found.sort(key=Candidate.rank)
         return found
 
@@ -636,6 +643,7 @@ class _GroupIndex:
                 stale.add(rel)
             group = entry.good
             cand = Candidate(rel, "group", group.selector, group)
+            cand = cand._replace(order=cand.rank())
             labels = dict(group.selector)
             key = "uuid" if "uuid" in labels else "mac" if "mac" in labels else None
             if key:
