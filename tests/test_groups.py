@@ -457,3 +457,34 @@ def test_seed_and_group_answers_match_through_the_app(tmp_path):
         resp = application(Request("GET", "/ipxe", {"mac": MAC_A}, {}, "192.0.2.1"))
         bodies.append((resp.status, resp.body))
     assert bodies[0] == bodies[1] and bodies[0][0] == 200
+
+
+def test_profile_and_template_edits_follow_the_store_rules(tmp_path):
+    """Profiles and the files they name: an edit shows, a broken edit keeps the
+    last good version (and says so), a deleted template is a 500."""
+    root = str(tmp_path)
+    tree(root, [("node.json", {"mac": MAC_A})])
+    application = app_module.App(app_module.make_store(root))
+
+    def cloud():
+        resp = application(Request("GET", "/cloud", {"mac": MAC_A}, {}, "192.0.2.1"))
+        return resp.status, resp.body
+
+    assert cloud() == (200, b"#cloud-config\nprofile: node\nhostname: h-node.json\n")
+    tmpl = os.path.join(root, "cloud", "node.tmpl")
+    profile = os.path.join(root, "profiles", "node.json")
+    for path, text in ((tmpl, "#cloud-config\nname: {{.hostname}}\n"),
+                       (tmpl, "#cloud-config\n{{with .x}}{{end}}\n"),
+                       (profile, "{oops")):
+        with open(path, "w") as f:
+            f.write(text)
+        past = time.time() - 5
+        os.utime(path, (past, past))
+        time.sleep(0.15)            # past the store's file check window
+        assert cloud() == (200, b"#cloud-config\nname: h-node.json\n"), text
+    found = application.store.select("cloud", {"mac": MAC_A})
+    assert found.match.stale
+    os.unlink(tmpl)
+    time.sleep(0.15)
+    status, body = cloud()
+    assert status == 500 and b"profiles/node.json" in body
