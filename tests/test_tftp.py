@@ -149,6 +149,7 @@ def test_names(tftpd, tree):
     img = tree[1]
     assert get(srv, "shimx64.efi") == b"shim"                # beside shim, at the root
     assert get(srv, "images/vmlinuz") == (img / "vmlinuz").read_bytes()
+    assert get(srv, "assets/vmlinuz") == (img / "vmlinuz").read_bytes()   # matchbox's name
     assert get(srv, "/vmlinuz") == (img / "vmlinuz").read_bytes()
     first = get(srv, "grub/grub.cfg").decode()
     assert first.startswith("# bootcfg") and '"(tftp,$net_default_server)/grub?' in first
@@ -231,6 +232,7 @@ def test_busybox_tftp_with_blksize(tftpd, tree, tmp_path):
 @pytest.mark.parametrize("name", [
     "../secret", "images/../../secret", "escape", "images/escape", "..", "/../secret",
     "a\\..\\..\\secret", "%2e%2e/secret", "images/%2e%2e/%2e%2e/secret", "grub/../../secret",
+    "assets/../../secret", "assets/escape",
 ])
 def test_traversal_refused(tftpd, name):
     code, message = error_of(tftpd(), rrq(name))
