@@ -139,7 +139,6 @@ class Match(NamedTuple):
     stale: bool      # True when served from the last good copy
     group: object = None     # the winning Group, for how == "group"
     group_path: str = ""     # its file, e.g. "groups/install.json"
-    profile: object = None   # its Profile
 
 
 class Step(NamedTuple):
@@ -214,12 +213,10 @@ class FileStore:
         error: the machine it was meant for must not get the default system."""
         trail = []
         for cand in self.candidates(kind, labels):
-            if cand.how == "group":
-                if not cand.selector and self.groups.broken:
-                    return self._broken_groups(trail, cand)
-                return self._from_group(kind, cand, trail)
             if not cand.selector and self.groups.broken:
                 return self._broken_groups(trail, cand)
+            if cand.how == "group":
+                return self._from_group(kind, cand, trail)
             try:
                 value, stale, problem = self.load(cand.path, self.parsers[kind], kind)
             except FileNotFoundError:
@@ -305,8 +302,8 @@ class FileStore:
                                  groups_key(kind))))
             return Lookup(None, tuple(trail))
         trail.append(Step("group", cand.path, "stale" if stale or prof_stale else "matched"))
-        return Lookup(Match(rel, "group", value, stale or prof_stale, group, cand.path,
-                            profile), tuple(trail))
+        return Lookup(Match(rel, "group", value, stale or prof_stale, group, cand.path),
+                      tuple(trail))
 
     def shared(self, kind, name):
         """A named fragment, <kind>/shared/<name>: a Lookup with one step. `name` is
@@ -612,8 +609,6 @@ class _GroupIndex:
         settling = 0 <= time.time() - st.st_mtime < self.limits["settle_seconds"]
         if settling and (error is not None or good is not None):
             pending.add(name)       # maybe half-written: keep what we had, look again
-            if old is None:
-                return False
             return False
         self.files[name] = _GroupFile(_signature(st), value if error is None else good, error)
         if error is not None:

@@ -13,6 +13,7 @@ and `connection(delta)` (a connection opened or closed).
 
 import functools
 import ipaddress
+import json
 import logging
 import time
 from urllib.parse import unquote, urlsplit
@@ -207,7 +208,7 @@ class App:
         match = self.lookup("cloud", labels)
         body = match.value
         if match.group is not None:
-            body = self.fill(match, labels, req, match.value)
+            body = self.fill("cloud", match, labels, req)
         return Response(body=body, matched=matched_text(match), machine=machine,
                         lookup=("cloud", match.how))
 
@@ -216,7 +217,7 @@ class App:
         match = self.lookup("ignition", labels)
         cfg = match.value
         if isinstance(cfg, ignition.IgnitionTemplate):
-            cfg = self.fill(match, labels, req, cfg)
+            cfg = self.fill("ignition", match, labels, req)
         return Response(body=cfg.data, content_type=ignition.CONTENT_TYPE,
                         matched=matched_text(match), machine=machine,
                         lookup=("ignition", match.how))
@@ -224,7 +225,7 @@ class App:
     def generic(self, req):
         labels, machine = machine_labels(req)
         match = self.lookup("generic", labels)
-        return Response(body=self.fill(match, labels, req, match.value),
+        return Response(body=self.fill("generic", match, labels, req),
                         matched=matched_text(match), machine=machine,
                         lookup=("generic", match.how))
 
@@ -235,12 +236,14 @@ class App:
         return Response(body=groups.env_lines(values), matched=matched_text(match),
                         machine=machine, lookup=("metadata", match.how))
 
-    def fill(self, match, labels, req, tpl):
-        """A profile's template filled with the winning group's variables; a
-        template that cannot be filled for this group is 500 (logged, named)."""
+    def fill(self, kind, match, labels, req):
+        """The profile's template (match.value) filled with the winning group's
+        variables; one that cannot be filled for this group is 500 (logged,
+        named)."""
+        tpl = match.value
         try:
             if isinstance(tpl, ignition.IgnitionTemplate):
-                return render_ignition_template(tpl, group_values(match.group))
+                return filled_ignition(tpl, match.group)
             return tpl.render(groups.variables(match.group, labels, req.raw_query)
                               ).encode("utf-8")
         except (template.TemplateError, render.ConfigError) as e:
@@ -251,7 +254,7 @@ class App:
                           "why" % (match.path, match.group_path),
                           matched=matched_text(match) + " (invalid)",
                           machine=(labels.get("uuid", ""), labels.get("mac", "")),
-                          problem=problem, lookup=(match_kind(match), "invalid")) from None
+                          problem=problem, lookup=(kind, "invalid")) from None
 
     def ignition_shared(self, req):
         name = unquote(req.path[len("/ignition/shared/"):])
@@ -393,28 +396,19 @@ def matched_text(match):
     return "%s (group %s, profile %s)" % (match.path, match.group_path, match.group.profile)
 
 
-def match_kind(match):
-    return match.path.split("/", 1)[0] if match.path.split("/", 1)[0] in \
-        store.GROUP_KINDS else "boot"
-
-
-def group_values(group):
-    """A group's variables without `request`: what Ignition templates may use."""
-    return groups.variables(group, {}, "")
+def filled_ignition(tpl, group):
+    """The Ignition config a template gives one group, validated (once per
+    template version and group values). Ignition templates may not use
+    `request`, so the values are the group's alone. Raises TemplateError or
+    ConfigError."""
+    values = groups.variables(group, {}, "")
+    del values["request"]
+    return _filled_ignition(tpl, json.dumps(values, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=4096)
 def _filled_ignition(tpl, values_json):
-    import json
     return ignition.parse_ignition(tpl.render(json.loads(values_json)))
-
-
-def render_ignition_template(tpl, values):
-    """The Ignition config a template gives one group, validated (once per
-    template version and group values). Raises TemplateError or ConfigError."""
-    import json
-    values = {k: v for k, v in values.items() if k != "request"}
-    return _filled_ignition(tpl, json.dumps(values, sort_keys=True))
 
 
 ADMIN_ROUTES = ("/status", "/status.json", "/metrics")

@@ -106,20 +106,20 @@ def check_groups(fs, images_root):
             found.append(Finding(path, None, None, "warning",
                                  "not read: group files end in .json"))
             continue
-        group, problems = _parse(path, groups.parse_group)
+        group, problems = _parse(path, fs.parsers["group"])
         found += problems
         if group is not None:
             parsed["groups/" + name] = group
-    profiles, named = {}, set()
+    profiles, missing, filled, named = {}, set(), {}, set()
     for rel, group in sorted(parsed.items()):
         pid = group.profile
-        if pid in profiles:
+        if pid in profiles or pid in missing:
             continue
         path = os.path.join(root, "profiles", pid + ".json")
         if not os.path.isfile(path):
-            profiles[pid] = None
+            missing.add(pid)
             continue
-        profile, problems = _parse(path, groups.parse_profile)
+        profile, problems = _parse(path, fs.parsers["profile"])
         found += problems
         profiles[pid] = profile
         if profile is None:
@@ -138,24 +138,18 @@ def check_groups(fs, images_root):
                                      "%s: %s/%s does not exist; its machines get 500"
                                      % (store.groups_key(kind), kind, file_name)))
                 continue
-            parse = template.parse_file if kind != "ignition" else \
-                ignition.parse_ignition_template
-            value, problems = _parse(fpath, parse)
+            filled[pid, kind], problems = _parse(fpath, fs.parsers["profile:" + kind])
             found += problems
-            profiles[pid, kind] = value
     for rel, group in sorted(parsed.items()):
         path = os.path.join(root, rel)
-        profile = profiles.get(group.profile)
-        if group.profile not in profiles or (profile is None and not os.path.isfile(
-                os.path.join(root, "profiles", group.profile + ".json"))):
+        if group.profile in missing:
             found.append(Finding(path, None, None, "error",
                                  "profile %r: profiles/%s.json does not exist; its machines "
                                  "get 500" % (group.profile, group.profile)))
             continue
-        if profile is None:
-            continue
-        for kind, file_name in profile.files:
-            value = profiles.get((group.profile, kind))
+        profile = profiles[group.profile]
+        for kind, file_name in profile.files if profile is not None else ():
+            value = filled.get((group.profile, kind))
             if value is not None:
                 found += check_filling(path, group, "%s/%s" % (kind, file_name), value)
     found += check_selectors(fs, parsed)

@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import render
 import store
+from _bootcfg.template import go_format
 from render import ConfigError
 
 GROUP_KEYS = ("id", "name", "profile", "selector", "metadata")
@@ -36,11 +37,6 @@ class Group(NamedTuple):
     selector: Tuple[Tuple[str, str], ...]   # sorted (label, value), normalized
     metadata: dict
     warnings: Tuple[Tuple[str, str], ...] = ()
-
-    @property
-    def selector_text(self):
-        """matchbox's tie-break string: sorted key=value pairs joined by ','."""
-        return selector_text(self.selector)
 
 
 class Profile(NamedTuple):
@@ -100,6 +96,8 @@ def normalize_selector(raw, where):
 
 
 def selector_text(pairs):
+    """matchbox's tie-break string: sorted key=value pairs joined by ','
+    (store.Candidate.rank orders by the same text)."""
     return ",".join("%s=%s" % kv for kv in pairs)
 
 
@@ -143,7 +141,6 @@ def env_lines(values):
     """/metadata's body: KEY=value lines (keys upper-cased, nested objects joined
     with _), strings, numbers and booleans printed as Go prints them, lists and
     nulls left out. Sorted, so the answer is stable (matchbox's order is random)."""
-    from _bootcfg.template import go_format
     lines = []
 
     def walk(prefix, value):

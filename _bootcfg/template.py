@@ -74,8 +74,7 @@ def parse(text):
     """A Template from the file's text, or TemplateSyntaxError."""
     items = _lex(text)
     parser = _Parser(items)
-    nodes = parser.block(top=True)
-    return Template(tuple(nodes), text)
+    return Template(parser.block(), text)
 
 
 def parse_file(data):
@@ -196,9 +195,10 @@ class _Parser:
         self.at = 0
         self.scopes = [{"$"}]
 
-    def block(self, top=False):
-        """Nodes up to the {{end}} or {{else}} that closes this block (left to the
-        caller), or to the end of the file when `top`."""
+    def block(self, opened=None):
+        """Nodes up to the {{end}} or {{else}} that closes the block opened at
+        `opened` (line, col), left for the caller; to the end of the file when
+        `opened` is None."""
         nodes = []
         while self.at < len(self.items):
             item = self.items[self.at]
@@ -209,10 +209,10 @@ class _Parser:
             _, words, line, col = item
             head = words[0] if words else ("", "", line, col)
             if head[0] == "word" and head[1] in ("end", "else"):
-                if top:
+                if opened is None:
                     raise TemplateSyntaxError("{{%s}} without an {{if}} or {{range}}"
                                               % head[1], line, col)
-                return nodes
+                return tuple(nodes)
             self.at += 1
             if head[0] == "word" and head[1] == "if":
                 nodes.append(self.if_node(words[1:], line, col))
@@ -220,31 +220,38 @@ class _Parser:
                 nodes.append(self.range_node(words[1:], line, col))
             else:
                 nodes.append(("print", self.expr(words, line, col), line, col))
-        if not top:
-            raise TemplateSyntaxError("no {{end}} for this block", *self.opened)
+        if opened is not None:
+            raise TemplateSyntaxError("no {{end}} for this block", *opened)
+        return tuple(nodes)
+
+    def closing(self):
+        """The {{else ...}} or {{end}} that ended a block: (words, line, col)."""
+        _, words, line, col = self.items[self.at]
+        self.at += 1
+        return words, line, col
+
+    def else_to_end(self, words, line, col, opened):
+        """After a plain {{else}}: its nodes, and the {{end}} that must follow."""
+        self.no_more(words, 1, line, col)
+        nodes = self.block(opened)
+        words, line, col = self.closing()
+        if words[0][1] != "end":
+            raise TemplateSyntaxError("{{else}} after {{else}}", line, col)
+        self.no_more(words, 1, line, col)
         return nodes
 
     def if_node(self, words, line, col):
-        branches = [(self.expr(words, line, col), self.inner_block(line, col))]
-        otherwise = ()
+        branches = [(self.expr(words, line, col), self.block((line, col)))]
         while True:
-            _, closing, cline, ccol = self.items[self.at]
-            self.at += 1
+            closing, cline, ccol = self.closing()
             if closing[0][1] == "end":
                 self.no_more(closing, 1, cline, ccol)
-                return ("if", tuple(branches), tuple(otherwise))
+                return ("if", tuple(branches), ())
             if len(closing) > 1 and closing[1][:2] == ("word", "if"):
                 branches.append((self.expr(closing[2:], cline, ccol),
-                                 self.inner_block(line, col)))
+                                 self.block((line, col))))
                 continue
-            self.no_more(closing, 1, cline, ccol)
-            otherwise = self.inner_block(line, col)
-            _, closing, cline, ccol = self.items[self.at]
-            self.at += 1
-            if closing[0][1] != "end":
-                raise TemplateSyntaxError("{{else}} after {{else}}", cline, ccol)
-            self.no_more(closing, 1, cline, ccol)
-            return ("if", tuple(branches), tuple(otherwise))
+            return ("if", tuple(branches), self.else_to_end(closing, cline, ccol, (line, col)))
 
     def range_node(self, words, line, col):
         names = []
@@ -262,25 +269,15 @@ class _Parser:
                     raise TemplateSyntaxError("range: %s cannot be declared" % name, line, col)
         source = self.expr(words, line, col)
         self.scopes.append(set(names))
-        body = self.inner_block(line, col)
+        body = self.block((line, col))
         self.scopes.pop()
+        closing, cline, ccol = self.closing()
         otherwise = ()
-        _, closing, cline, ccol = self.items[self.at]
-        self.at += 1
         if closing[0][1] == "else":
+            otherwise = self.else_to_end(closing, cline, ccol, (line, col))
+        else:
             self.no_more(closing, 1, cline, ccol)
-            otherwise = self.inner_block(line, col)
-            _, closing, cline, ccol = self.items[self.at]
-            self.at += 1
-            if closing[0][1] != "end":
-                raise TemplateSyntaxError("{{else}} after {{else}}", cline, ccol)
-        self.no_more(closing, 1, cline, ccol)
-        return ("range", tuple(names), source, tuple(body), tuple(otherwise))
-
-    def inner_block(self, line, col):
-        self.opened = (line, col)
-        nodes = self.block()
-        return tuple(nodes)
+        return ("range", tuple(names), source, body, otherwise)
 
     def expr(self, words, line, col):
         if not words:

@@ -141,6 +141,7 @@ def test_go_accepts_what_we_refuse_at_load(go_engine):
     ("{{if .t}}\n\nx", 1, 1),
     ("a\nb {{.x | y}}", 2, 8),
     ("{{range .l}}{{$nope}}{{end}}", 1, 15),
+    ("{{if .a}}\n{{if .b}}x{{end}}", 1, 1),      # the outer block is the unclosed one
 ])
 def test_refusals_name_line_and_column(text, line, col):
     with pytest.raises(template.TemplateSyntaxError) as e:
