@@ -22,8 +22,8 @@ import sys
 import threading
 from typing import NamedTuple
 
-from _bootcfg import (__version__, app, check, explain, logs, metrics, server, systemd, tftp,
-                      workers)
+from _bootcfg import (__version__, app, check, explain, guard, leases, logs, metrics, server,
+                      systemd, tftp, workers)
 from _bootcfg.logs import lifecycle
 from _bootcfg.shared import Shared
 from _bootcfg.status import Tracker
@@ -68,6 +68,32 @@ def one_of(*names):
                                              % (text, ", ".join(names)))
         return text.lower()
     return word
+
+
+def whole_number(text):
+    """A count where 0 turns the limit off."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError("must be a whole number (0: off), not %r" % text)
+    return int(text)
+
+
+def seconds_or_off(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e6:
+        raise argparse.ArgumentTypeError("must be a number of seconds (0: off), not %r"
+                                         % text)
+    return value
+
+
+def sources(text):
+    """-bind-configs: lease file paths and/or `neighbors`, comma-separated."""
+    out = [part.strip() for part in text.split(",") if part.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("names no lease file and not `neighbors`")
+    return out
 
 
 def positive_int(text):
@@ -175,6 +201,41 @@ def build_parser(command="serve"):
                        help="seconds a connection may sit idle or stall mid-request "
                             "before it is closed (BOOTCFG_IDLE_TIMEOUT; default "
                             "%(default)s)")
+        p.add_argument("-header-timeout", "--header-timeout", metavar="SECONDS", type=seconds_or_off,
+                       default=env("BOOTCFG_HEADER_TIMEOUT",
+                                   str(server.LIMITS["header_timeout"])),
+                       help="seconds from the first byte of a request head (or the start "
+                            "of a TLS handshake) until the whole head must have arrived, "
+                            "else the connection is closed, with 408 after a request line "
+                            "(BOOTCFG_HEADER_TIMEOUT; default %(default)s; 0: off)")
+        p.add_argument("-max-connections-per-client", "--max-connections-per-client", metavar="N",
+                       type=whole_number,
+                       default=env("BOOTCFG_MAX_CONNECTIONS_PER_CLIENT",
+                                   str(server.LIMITS["max_connections_per_client"])),
+                       help="connections one client address (an IPv6 /64) may hold per "
+                            "process; past it its own oldest connection still waiting for "
+                            "a request is closed; trusted proxies are exempt "
+                            "(BOOTCFG_MAX_CONNECTIONS_PER_CLIENT; default %(default)s; "
+                            "0: no cap)")
+        p.add_argument("-tftp-transfers-per-client", "--tftp-transfers-per-client", metavar="N",
+                       type=whole_number,
+                       default=env("BOOTCFG_TFTP_TRANSFERS_PER_CLIENT",
+                                   str(server.LIMITS["tftp_transfers_per_client"])),
+                       help="TFTP transfers one client address may run at once "
+                            "(BOOTCFG_TFTP_TRANSFERS_PER_CLIENT; default %(default)s; "
+                            "0: no cap)")
+        p.add_argument("-trusted-proxies", "--trusted-proxies", metavar="CIDRS", type=networks,
+                       default=env("BOOTCFG_TRUSTED_PROXIES"),
+                       help="comma list of networks (CIDR) of load balancers whose "
+                            "X-Forwarded-For names the client; from anyone else it is "
+                            "ignored (BOOTCFG_TRUSTED_PROXIES; default: none)")
+        p.add_argument("-bind-configs", "--bind-configs", metavar="SOURCES", type=sources,
+                       default=env("BOOTCFG_BIND_CONFIGS"),
+                       help="answer /cloud, /ignition, /generic and /metadata only to "
+                            "the machine holding the client's address, per these DHCP "
+                            "lease files (dnsmasq, ISC dhcpd, Kea) and/or `neighbors` "
+                            "(the kernel's neighbor tables); others get 403 "
+                            "(BOOTCFG_BIND_CONFIGS; default: off)")
         p.add_argument("-stuck-after", "--stuck-after", type=positive_seconds,
                        default=env("BOOTCFG_STUCK_AFTER", "120"),
                        help="seconds without progress after which /status calls a booting "
@@ -195,6 +256,11 @@ def build_parser(command="serve"):
     if command == "check":
         p.add_argument("-format", "--format", choices=("text", "json"), default="text",
                        help="text (default) or json")
+        p.add_argument("-bind-configs", "--bind-configs", type=sources, metavar="SOURCES",
+                       default=env("BOOTCFG_BIND_CONFIGS"),
+                       help="check as for a server with -bind-configs: warn of configs "
+                            "selected by UUID alone, which it never serves (the sources "
+                            "are not read; BOOTCFG_BIND_CONFIGS)")
     if command == "explain":
         p.add_argument("-uuid", "--uuid", default="", help="the machine's SMBIOS UUID")
         p.add_argument("-mac", "--mac", default="", help="the machine's MAC address")
@@ -235,13 +301,25 @@ def resolve_images(images_path):
     raise UsageError("images directory %s does not exist" % images_path)
 
 
-def make_app(data_root, images_root, shared=None, stuck_after=120.0, admin_allow=None):
+def make_app(data_root, images_root, shared=None, stuck_after=120.0, admin_allow=None,
+             bindings=None):
     """The App every command builds the same way: the server, its workers,
     `check`, `explain` and the tests. `shared` is the memory all workers share
     (None: one process, which keeps its boot events and counters to itself)."""
     tracker = Tracker(shared, stuck_after, server.LIMITS["status_machines"])
     return app.App(app.make_store(data_root), images_root,
-                   metrics.Metrics(__version__, shared), tracker, admin_allow)
+                   metrics.Metrics(__version__, shared), tracker, admin_allow, bindings)
+
+
+def load_bindings(bind_configs, follow=True):
+    """leases.Bindings for -bind-configs (None when off); UsageError when a lease
+    file cannot be read."""
+    if not bind_configs:
+        return None
+    try:
+        return leases.Bindings(bind_configs, follow=follow)
+    except leases.BindError as e:
+        raise UsageError("-bind-configs: %s" % e) from None
 
 
 def tls_context(cert_file, key_file):
@@ -270,11 +348,14 @@ class Setup(NamedTuple):
     args: argparse.Namespace
 
     def app(self, shared=None):
+        # In the process that serves: the lease files are followed by a thread.
         return make_app(self.data_root, self.images_root, shared, self.args.stuck_after,
-                        self.args.admin_allow)
+                        self.args.admin_allow, load_bindings(self.args.bind_configs))
 
     def servers(self, application):
-        return [server.BootServer(sock, application, self.limits, tls)
+        proxies = guard.Proxies(self.args.trusted_proxies) \
+            if self.args.trusted_proxies else None
+        return [server.BootServer(sock, application, self.limits, tls, proxies)
                 for sock, tls in self.listeners] + \
             [tftp.TftpServer(sock, application, self.limits) for sock in self.tftp_sockets]
 
@@ -286,7 +367,12 @@ def configure(args):
     images_root = resolve_images(args.images_path)
     tls = tls_context(args.cert_file, args.key_file)
     limits = dict(server.LIMITS, max_connections=args.max_connections,
-                  idle_timeout=args.idle_timeout)
+                  idle_timeout=args.idle_timeout, header_timeout=args.header_timeout,
+                  max_connections_per_client=args.max_connections_per_client,
+                  tftp_transfers_per_client=args.tftp_transfers_per_client)
+    bindings = load_bindings(args.bind_configs, follow=False)     # fails here, not later
+    if bindings is not None:
+        lifecycle.info("configs bound to their machines by %s", bindings.describe())
     plain_tls = tls if tls is not None and not args.tls_address else None
     inherited = systemd.listen_sockets()
     datagram = [s for s in inherited if s.type == socket.SOCK_DGRAM]
@@ -425,7 +511,7 @@ def tool_app(command, argv):
 
 def run_check(argv):
     args, application = tool_app("check", argv)
-    findings = check.check(application)
+    findings = check.check(application, bound=bool(args.bind_configs))
     if args.format == "json":
         sys.stdout.write(check.to_json(findings))
     else:

@@ -6,10 +6,13 @@ render.py); the rest lives here, under a name no other distribution uses:
     answers.py   Request, Response, Refusal and the one table of statuses
     app.py       App: the route table, the handlers, the store and counters
     server.py    the HTTP server (knows an app, never a config) and its LIMITS
+    guard.py     per-client connection caps, idle eviction, trusted proxies
+    leases.py    -bind-configs: which MAC holds which address (lease files, neighbors)
     workers.py   -workers N: a master that starts, reaps and replaces workers
     shared.py    memory all workers share (counters, boot events)
     tftp.py      the read-only TFTP server
     ignition.py  Ignition configs: validation per spec version
+    groups.py    groups and profiles; template.py the Go text/template subset
     status.py    boot tracking; status_page.py renders /status and /status.json
     images.py    static files under /images/ (ranges, validators, confinement)
     metrics.py   counters in Prometheus text format

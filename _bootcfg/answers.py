@@ -14,10 +14,12 @@ from typing import NamedTuple, Tuple
 STATUS = {
     "bad request": 400,      # malformed target, MAC in a path, NUL or '..' in a path
     "forbidden": 403,        # an image path outside the images directory; -admin-allow
+    "not bound": 403,        # -bind-configs: a config asked for by another machine
     "not found": 404,        # no such endpoint, no such image, image serving off
     "no match": 404,         # no config for this machine and no default
     "bad method": 405,       # anything but GET and HEAD
     "line too long": 414,    # request line over 64 KiB (the standard library's limit)
+    "timeout": 408,          # the request head did not arrive within header_timeout
     "range": 416,            # a Range that starts past the end of the file
     "headers too large": 431,  # more header lines than the standard library allows
     "invalid config": 500,   # the machine's config exists and never loaded
@@ -27,11 +29,12 @@ STATUS = {
 }
 
 # The standard library's own error codes, as kinds of the table above.
-PROTOCOL_KINDS = {400: "bad request", 414: "line too long", 431: "headers too large",
-                  505: "bad version", 501: "bad method", 405: "bad method"}
+PROTOCOL_KINDS = {400: "bad request", 408: "timeout", 414: "line too long",
+                  431: "headers too large", 505: "bad version", 501: "bad method", 405: "bad method"}
 
 REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout",
            414: "URI Too Long", 416: "Range Not Satisfiable",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}

@@ -53,15 +53,17 @@ def make_store(data_root, limits=None):
 class App:
     """`tracker` records boot progress (default: this process only); `admin_allow`
     is a list of ip_network: only those clients may read /status, /status.json and
-    /metrics (None: everyone)."""
+    /metrics (None: everyone); `bindings` (a leases.Bindings: -bind-configs) binds
+    configs to the machine holding the client's address (None: no binding)."""
 
     def __init__(self, data_store, images_root=None, counters=None, tracker=None,
-                 admin_allow=None):
+                 admin_allow=None, bindings=None):
         self.store = data_store
         self.images_root = images_root
         self.metrics = counters or metrics.Metrics(__version__)
         self.tracker = tracker or Tracker()
         self.admin_allow = admin_allow
+        self.bindings = bindings
         # Exact paths, then prefixes. A new endpoint is one line here.
         self.routes = {
             "/": self.identity,
@@ -187,6 +189,10 @@ class App:
     def connection(self, delta):
         self.metrics.connection(delta)
 
+    def connection_cut(self, reason):
+        """The guard closed or refused a connection without an answer."""
+        self.metrics.cut(reason)
+
     # ------------------------------------------------------------ routes
 
     def identity(self, req):
@@ -204,8 +210,8 @@ class App:
         return resp
 
     def cloud(self, req):
-        labels, machine = machine_labels(req)
-        match = self.lookup("cloud", labels)
+        labels, machine = self.config_labels(req)
+        match = self.bound(self.lookup("cloud", labels), labels)
         body = match.value
         if match.group is not None:
             body = self.fill("cloud", match, labels, req)
@@ -213,8 +219,8 @@ class App:
                         lookup=("cloud", match.how))
 
     def ignition(self, req):
-        labels, machine = machine_labels(req)
-        match = self.lookup("ignition", labels)
+        labels, machine = self.config_labels(req)
+        match = self.bound(self.lookup("ignition", labels), labels)
         cfg = match.value
         if isinstance(cfg, ignition.IgnitionTemplate):
             cfg = self.fill("ignition", match, labels, req)
@@ -223,18 +229,65 @@ class App:
                         lookup=("ignition", match.how))
 
     def generic(self, req):
-        labels, machine = machine_labels(req)
-        match = self.lookup("generic", labels)
+        labels, machine = self.config_labels(req)
+        match = self.bound(self.lookup("generic", labels), labels)
         return Response(body=self.fill("generic", match, labels, req),
                         matched=matched_text(match), machine=machine,
                         lookup=("generic", match.how))
 
     def metadata(self, req):
-        labels, machine = machine_labels(req)
-        match = self.lookup("metadata", labels)
+        labels, machine = self.config_labels(req)
+        match = self.bound(self.lookup("metadata", labels), labels)
         values = groups.variables(match.group, labels, req.raw_query)
         return Response(body=groups.env_lines(values), matched=matched_text(match),
                         machine=machine, lookup=("metadata", match.how))
+
+    # ------------------------------------------------------------ -bind-configs
+
+    def config_labels(self, req):
+        """machine_labels for a config request; with -bind-configs the client must
+        hold a current lease, a `mac` asked for must be that lease's, and without
+        one the lease's MAC is the machine's. Raises Refusal (403)."""
+        labels, machine = machine_labels(req)
+        if self.bindings is None:
+            return labels, machine
+        own = self.bindings.mac_of(req.client)
+        if own is None:
+            raise self.unbound("no_lease", "%s holds no current DHCP lease; with "
+                               "-bind-configs configs go only to their own machine"
+                               % req.client, ("", ""))
+        asked = labels.get("mac")
+        if asked is None:
+            labels["mac"] = own
+            machine = (machine[0], own)
+        elif asked != own:
+            raise self.unbound("other_mac", "mac=%s is not the machine at %s (its lease "
+                               "names %s); with -bind-configs configs go only to their "
+                               "own machine" % (asked, req.client, own), ("", own))
+        return labels, machine
+
+    def bound(self, match, labels):
+        """`match` itself, unless -bind-configs is on and it selects by UUID alone:
+        a UUID is not in any lease, so nothing ties it to the client (403)."""
+        if self.bindings is None:
+            return match
+        if match.group is not None:
+            keys = {name for name, _ in match.group.selector}
+            uuid_only = "uuid" in keys and "mac" not in keys
+        else:
+            uuid_only = match.how == "uuid"
+        if uuid_only:
+            raise self.unbound("uuid_only", "%s is selected by UUID alone, which no DHCP "
+                               "lease names; with -bind-configs select it by mac"
+                               % match.path, ("", labels["mac"]), matched_text(match))
+        return match
+
+    def unbound(self, reason, message, machine, matched=""):
+        """The 403 of -bind-configs, counted by reason; the refused step goes to
+        the requesting machine's record (its lease's MAC), or its address."""
+        self.metrics.refused_unbound(reason)
+        return Refusal("not bound", message, machine=machine,
+                       matched=(matched + " (not bound)") if matched else "not bound")
 
     def fill(self, kind, match, labels, req):
         """The profile's template (match.value) filled with the winning group's
@@ -257,6 +310,10 @@ class App:
                           problem=problem, lookup=(kind, "invalid")) from None
 
     def ignition_shared(self, req):
+        if self.bindings is not None and self.bindings.mac_of(req.client) is None:
+            raise self.unbound("no_lease", "%s holds no current DHCP lease; with "
+                               "-bind-configs shared fragments go to lease holders only"
+                               % req.client, ("", ""))
         name = unquote(req.path[len("/ignition/shared/"):])
         try:
             found = self.store.shared("ignition", name)

@@ -39,12 +39,17 @@ class Finding(NamedTuple):
         return "%s: %s: %s" % (where, self.severity, self.message)
 
 
-def check(app):
+UNBINDABLE = ("selected by UUID alone, which no DHCP lease names: with -bind-configs "
+              "every request for it gets 403; select it by mac")
+
+
+def check(app, bound=False):
     """All findings for the data directory of `app` (an App, built as the server
-    builds it), sorted by path and position."""
+    builds it), sorted by path and position. `bound`: the server runs with
+    -bind-configs, so configs selected by UUID alone are never served."""
     found = []
     fs, data_root, images_root = app.store, app.store.root, app.images_root
-    named, group_found = check_groups(fs, images_root)
+    named, group_found = check_groups(fs, images_root, bound)
     found += group_found
     for kind in store.KINDS:
         kind_dir = os.path.join(data_root, kind)
@@ -88,12 +93,15 @@ def check(app):
             for key in sorted(keys):
                 found += check_file(kind, os.path.join(how_dir, keys[key]), images_root,
                                     shared_dir)
+                if bound and how == "uuid" and kind != "boot":
+                    found.append(Finding(os.path.join(how_dir, keys[key]), None, None,
+                                         "warning", UNBINDABLE))
     return sorted(found, key=lambda f: (f.path, f.line or 0, f.col or 0))
 
 
 # ---------------------------------------------------------------- groups
 
-def check_groups(fs, images_root):
+def check_groups(fs, images_root, bound=False):
     """({(kind, first path part) of files profiles name}, findings) for groups/,
     profiles/ and the files profiles name."""
     found = []
@@ -148,6 +156,11 @@ def check_groups(fs, images_root):
                                  "get 500" % (group.profile, group.profile)))
             continue
         profile = profiles[group.profile]
+        keys = {name for name, _ in group.selector}
+        if bound and profile is not None and profile.files and "uuid" in keys and \
+                "mac" not in keys:
+            found.append(Finding(path, None, None, "warning", "its %s: %s" % (
+                " and ".join(kind for kind, _ in profile.files), UNBINDABLE)))
         for kind, file_name in profile.files if profile is not None else ():
             value = filled.get((group.profile, kind))
             if value is not None:

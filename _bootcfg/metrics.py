@@ -26,6 +26,8 @@ class Metrics:
         self.requests = {}        # (route, status) -> count
         self.bytes = {}           # route -> bytes of bodies sent
         self.lookups = {}         # (kind, match) -> count
+        self.cuts = {}            # reason -> connections the guard closed
+        self.unbound = {}         # reason -> config requests refused by -bind-configs
         if shared is not None and shared.slots > 1:
             # a replacement worker continues its slot's counts
             _add(self, shared.counters(shared.slot), connections=False)
@@ -36,6 +38,8 @@ class Metrics:
             return {"requests": [[r, s, n] for (r, s), n in self.requests.items()],
                     "bytes": [[r, n] for r, n in self.bytes.items()],
                     "lookups": [[k, m, n] for (k, m), n in self.lookups.items()],
+                    "cuts": [[r, n] for r, n in self.cuts.items()],
+                    "unbound": [[r, n] for r, n in self.unbound.items()],
                     "connections": self.open_connections}
 
     def _publish(self):
@@ -45,7 +49,8 @@ class Metrics:
 
     def totals(self):
         """These counters plus every other worker's last published ones."""
-        total = types.SimpleNamespace(requests={}, bytes={}, lookups={}, open_connections=0)
+        total = types.SimpleNamespace(requests={}, bytes={}, lookups={}, cuts={}, unbound={},
+                                      open_connections=0)
         _add(total, self.snapshot())
         if self.shared is not None and self.shared.slots > 1:
             for slot in range(self.shared.slots):
@@ -64,6 +69,17 @@ class Metrics:
                 self.bytes[route] = self.bytes.get(route, 0) + sent
             if lookup is not None:
                 self.lookups[lookup] = self.lookups.get(lookup, 0) + 1
+
+    def cut(self, reason):
+        """A connection the guard closed (or refused), by reason: header_timeout,
+        per_client, idle_at_max, tftp_per_client."""
+        with self._lock:
+            self.cuts[reason] = self.cuts.get(reason, 0) + 1
+
+    def refused_unbound(self, reason):
+        """A config request -bind-configs refused: no_lease, other_mac, uuid_only."""
+        with self._lock:
+            self.unbound[reason] = self.unbound.get(reason, 0) + 1
 
     def connection(self, delta):
         with self._lock:
@@ -103,6 +119,17 @@ class Metrics:
                "Group files that never parsed: their machines are unknown, so catch-all "
                "answers are refused (500) until they are fixed.",
                [({}, store_stats.get("groups_invalid", 0))])
+        family(out, "bootcfg_connections_cut_total", "counter",
+               "Connections closed or refused without an answer to keep one client from "
+               "holding the server, by reason: header_timeout, per_client (over "
+               "-max-connections-per-client), idle_at_max (an idle kept-alive connection "
+               "closed at -max-connections), tftp_per_client (a TFTP request refused).",
+               [({"reason": r}, n) for r, n in sorted(total.cuts.items())])
+        family(out, "bootcfg_configs_refused_unbound_total", "counter",
+               "Config requests answered 403 by -bind-configs, by reason: no_lease (the "
+               "client holds no current lease), other_mac (it asked for another machine), "
+               "uuid_only (the config is selected by UUID alone).",
+               [({"reason": r}, n) for r, n in sorted(total.unbound.items())])
         family(out, "bootcfg_open_connections", "gauge",
                "Client connections currently open (all workers).",
                [({}, total.open_connections)])
@@ -120,6 +147,10 @@ def _add(target, snap, connections=True):
         target.bytes[r] = target.bytes.get(r, 0) + n
     for k, m, n in snap.get("lookups", ()):
         target.lookups[k, m] = target.lookups.get((k, m), 0) + n
+    for name in ("cuts", "unbound"):
+        counts = getattr(target, name)
+        for r, n in snap.get(name, ()):
+            counts[r] = counts.get(r, 0) + n
     if connections:
         target.open_connections += snap.get("connections", 0)
 

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 from _bootcfg import __version__
 from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, printable,
                               refused)
+from _bootcfg.guard import Connections, Cut, plain_address
 
 log = logging.getLogger("bootcfg")
 access = logging.getLogger("bootcfg.access")
@@ -36,6 +37,18 @@ LIMITS = types.MappingProxyType({
     # kernel and initrd; 30 s is generous for that and still frees threads of dead
     # clients.
     "idle_timeout": 30.0,
+    # Seconds from the first byte of a request head (or the start of the TLS
+    # handshake) until the whole head must have arrived (-header-timeout; 0: off).
+    # A boot loader sends its head in one packet; 10 s covers a lossy link, and a
+    # client trickling a byte at a time can no longer hold a thread for ever
+    # (the idle limit applies per recv, which a trickle never trips).
+    "header_timeout": 10.0,
+    # Connections one client (an IPv4 address, an IPv6 /64) may hold at once
+    # (-max-connections-per-client; 0: no cap). A booting machine uses one to
+    # three; past the cap that client's own oldest connection still waiting for a
+    # request head makes room, so one host can never fill max_connections and push
+    # everyone else out. Trusted proxies (-trusted-proxies) are exempt.
+    "max_connections_per_client": 64,
     # Connections served at once by one process, one thread each
     # (-max-connections). A boot storm of a few racks is a few hundred; past this a
     # client gets an immediate 503 rather than the server growing threads without
@@ -62,6 +75,11 @@ LIMITS = types.MappingProxyType({
     # storm of Secure Boot machines fetches shim, GRUB, kernel and initrd each.
     # Past it a client gets a TFTP error and retries.
     "tftp_transfers": 256,
+    # TFTP transfers one client address may run at once
+    # (-tftp-transfers-per-client; 0: no cap): shim, GRUB, kernel and initrd are
+    # fetched one after another, so 8 leaves room for retries and still keeps one
+    # host from taking all 256 slots.
+    "tftp_transfers_per_client": 8,
     # Seconds before an unacknowledged block is sent again (a client may ask for
     # another with the timeout option), and how often before the transfer is given
     # up and its slot freed: a vanished client costs at most ~6 s.
@@ -124,12 +142,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.server.limits["idle_timeout"]
 
     def setup(self):
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.timeout)
-            self.request.do_handshake()
+        server = self.server
+        self.conn = server.connections.conn(self.request)
+        # The client as logs, /status and -bind-configs know it: the peer, or
+        # behind a trusted proxy the address it forwarded (set per request).
+        self.peer = self.client = plain_address(self.client_address[0])
+        tls = isinstance(self.request, ssl.SSLSocket)
+        if tls:
+            # The whole handshake has one deadline (the ssl module's timeout covers
+            # do_handshake as a whole): the head deadline if it is on.
+            self.request.settimeout(server.limits["header_timeout"] or self.timeout)
+            try:
+                self.request.do_handshake()
+            except OSError as e:
+                if self.conn.cut:
+                    raise Cut(self.conn.cut) from None
+                if isinstance(e, socket.timeout) and server.limits["header_timeout"]:
+                    server.app.connection_cut("header_timeout")
+                    raise Cut("header_timeout") from None
+                raise
             super().setup()
+            self.request.settimeout(self.timeout)
         else:
             self._setup_plain()
+        self.reader = _HeadReader(self.connection, self.conn, server, kernel=not tls)
+        self.rfile = io.BufferedReader(self.reader, io.DEFAULT_BUFFER_SIZE)
         # The address this connection arrived at (not the listening wildcard).
         self.local_address = self.connection.getsockname()[:2]
         # Whether access lines are logged, looked up once per connection.
@@ -142,15 +179,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         two system calls, and two hand-overs of the interpreter lock, per request.
         A file answer switches to the Python timeout while sendfile runs."""
         sock = self.connection = self.request
-        timeval = struct.pack("ll", int(self.timeout), int(self.timeout % 1 * 1e6))
+        timeval = _timeval(self.timeout)
         sock.settimeout(None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         if self.disable_nagle_algorithm:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self.rfile = io.BufferedReader(_KernelTimedReader(sock), self.rbufsize
-                                       if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE)
         self.wfile = _KernelTimedWriter(sock)
+
+    def handle(self):
+        try:
+            super().handle()
+        except Cut:
+            self.close_connection = True    # cut by the guard: no answer, no line
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            if not self.conn.cut:
+                raise
 
     def parse_request(self):
         """The request line (already in raw_requestline) and the headers, read from
@@ -197,7 +245,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.command, self.path = command, path
         if path.startswith("//"):
             self.path = "/" + path.lstrip("/")    # as the standard library does (gh-87389)
-        headers, problem = read_headers(self.rfile)
+        try:
+            headers, problem = read_headers(self.rfile)
+        except HeadTimeout:
+            self.send_error(408, "Request head not received within %g s (header_timeout)"
+                            % self.server.limits["header_timeout"])
+            return False
         if problem is not None:
             self.send_error(*problem)
             return False
@@ -213,10 +266,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return True
 
     def do_GET(self):
+        self._head_arrived()
         self._route(send_body=True)
 
     def do_HEAD(self):
+        self._head_arrived()
         self._route(send_body=False)
+
+    def _head_arrived(self):
+        """A whole request head is in: the head deadline stops, the guard may no
+        longer cut this connection, and the client is known."""
+        self.reader.head_done()
+        proxies = self.server.proxies
+        if proxies is not None and self.conn.exempt:
+            self.client = proxies.client(self.peer, self.headers.get("x-forwarded-for"))
 
     def __getattr__(self, name):
         # handle_one_request looks up do_<METHOD>; every method but GET and HEAD,
@@ -227,6 +290,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _refuse_method(self):
         # A body we will not read would be parsed as the next request: close.
+        self._head_arrived()
         self.close_connection = True
         self._answer(refused(Refusal("bad method", "method %s not allowed; use GET or HEAD"
                                      % printable(self.command, 40),
@@ -255,7 +319,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 resp = refused(e)
             else:
                 req = Request(self.command, path, query, self.headers,
-                              self.client_address[0], self.local_address,
+                              self.client, self.local_address,
                               self.path.partition("?")[2])
                 resp = server.app(req)
             self._answer(resp, send_body, req)
@@ -272,6 +336,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.server.app.record(resp, sent, req, (time.perf_counter() - started) * 1000)
         if self.log_access:                     # -log-level warning: no line to build
             self._log_access(resp, sent, started)
+        self.server.connections.waiting(self.conn)
 
     def _send(self, resp, send_body):
         """Write the answer; returns body bytes sent (-1 if the client went away)."""
@@ -295,7 +360,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         except (ConnectionError, TimeoutError, socket.timeout) as e:
             self.close_connection = True
-            log.info("%s went away during %s: %s", self.client_address[0],
+            log.info("%s went away during %s: %s", self.client,
                      self._request_text(), e.__class__.__name__)
             sent = -1
         finally:
@@ -325,7 +390,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _log_access(self, resp, sent, started):
         ms = (time.perf_counter() - started) * 1000
-        client = self.client_address[0]
+        client = self.client
         request = self._request_text()
         uuid, mac = resp.machine or ("", "")
         fields = {"client": client, "method": self.command or None,
@@ -342,25 +407,84 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass    # every answer is logged by _answer, after its body is sent
 
     def log_message(self, format, *args):
-        log.debug("%s: %s", self.client_address[0], format % args)
+        log.debug("%s: %s", self.client, format % args)
 
 
-class _KernelTimedReader(io.RawIOBase):
-    """The raw reader of a blocking socket with SO_RCVTIMEO: a recv that times
-    out fails with EAGAIN, raised here as the socket.timeout a Python timeout
-    would raise (handle_one_request closes the connection on it)."""
+def _timeval(seconds):
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
 
-    def __init__(self, sock):
-        self._sock = sock
+
+class HeadTimeout(socket.timeout):
+    """The request head did not arrive within header_timeout. A socket.timeout,
+    so the standard library closes the connection when it comes before a
+    request line; after one, parse_request answers 408."""
+
+
+class _HeadReader(io.RawIOBase):
+    """The raw reader of a connection; the server reads only request heads (it
+    takes no request bodies). The first byte of a head starts its deadline
+    (limits["header_timeout"]); while a head is incomplete each recv waits at
+    most until that deadline, and past it HeadTimeout is raised. A plain socket
+    keeps its timeout in the kernel (SO_RCVTIMEO, `kernel`): a recv that times
+    out fails with EAGAIN, raised as socket.timeout. A recv that ends because
+    the guard cut the connection raises Cut."""
+
+    def __init__(self, sock, conn, server, kernel):
+        self._sock, self._conn, self._server, self._kernel = sock, conn, server, kernel
+        self._idle = server.limits["idle_timeout"]
+        self._header = server.limits["header_timeout"]
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
+        conn = self._conn
+        if conn.head_deadline is not None:
+            remaining = conn.head_deadline - time.monotonic()
+            if remaining <= 0:
+                self._expired()
+            if remaining < self._idle:
+                self._set_timeout(max(remaining, 0.001))
+                conn.timeout_changed = True
         try:
-            return self._sock.recv_into(buffer)
-        except BlockingIOError:
+            n = self._sock.recv_into(buffer)
+        except (BlockingIOError, socket.timeout):
+            if conn.head_deadline is not None and time.monotonic() >= conn.head_deadline:
+                self._expired()
             raise socket.timeout("timed out") from None
+        except OSError:
+            if conn.cut:
+                raise Cut(conn.cut) from None
+            raise
+        if not n:
+            if conn.cut:
+                raise Cut(conn.cut)
+        elif conn.head_deadline is None and self._header:
+            conn.head_deadline = time.monotonic() + self._header
+        return n
+
+    def _expired(self):
+        server = self._server
+        server.app.connection_cut("header_timeout")
+        server.connections.throttled.warn(
+            self._conn.key, "header_timeout", "%s: closed a connection whose request head "
+            "took over %g s (header_timeout)", self._conn.key, self._header)
+        raise HeadTimeout("request head not received within %g s" % self._header)
+
+    def head_done(self):
+        """The head arrived: no deadline until the next one begins."""
+        conn = self._conn
+        conn.head_deadline = None
+        self._server.connections.serving(conn)
+        if conn.timeout_changed:
+            conn.timeout_changed = False
+            self._set_timeout(self._idle)
+
+    def _set_timeout(self, seconds):
+        if self._kernel:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        else:
+            self._sock.settimeout(seconds)
 
 
 class _KernelTimedWriter(io.RawIOBase):
@@ -453,6 +577,8 @@ def read_headers(rfile):
             length = value
         if key not in headers:
             dict.__setitem__(headers, key, value)
+        elif key == "x-forwarded-for":      # each proxy may add its own line
+            dict.__setitem__(headers, key, dict.get(headers, key) + ", " + value)
 
 
 def split_target(target):
@@ -506,15 +632,17 @@ class BootServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, sock, app, limits=None, tls=None):
+    def __init__(self, sock, app, limits=None, tls=None, proxies=None):
         self.app = app
         self.limits = dict(LIMITS, **(limits or {}))
         self.tls = tls
+        self.proxies = proxies          # guard.Proxies (-trusted-proxies) or None
         self.address_family = sock.family
         self.stopping = False
-        self.open_connections = 0
+        self.connections = Connections(self.limits["max_connections_per_client"],
+                                       self.limits["max_connections"], proxies,
+                                       app.connection_cut)
         self._in_flight = []
-        self._count_lock = threading.Lock()
         super().__init__(sock.getsockname(), Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
@@ -528,21 +656,32 @@ class BootServer(http.server.ThreadingHTTPServer):
                                         do_handshake_on_connect=False)
         return sock, address
 
+    @property
+    def open_connections(self):
+        return self.connections.open
+
     def process_request(self, request, client_address):
-        with self._count_lock:
-            full = self.open_connections >= self.limits["max_connections"]
-            if not full:
-                self.open_connections += 1
-        if full:
+        conn, refusal = self.connections.admit(request, client_address[0])
+        if refusal == "per_client":
+            # Its own connections are all busy being answered: this one is not
+            # admitted, and gets no answer (a flood gets no lines either).
+            self.app.connection_cut("per_client")
+            self.connections.throttled.warn(
+                "%s" % client_address[0], refusal, "%s: refused a connection: "
+                "-max-connections-per-client %d reached, none of them waiting",
+                plain_address(client_address[0]), self.limits["max_connections_per_client"])
+            self.shutdown_request(request)
+            return
+        if refusal:
             log.warning("%s refused: %d connections open (max_connections)",
-                        client_address[0], self.open_connections)
+                        plain_address(client_address[0]), self.connections.open)
             self._refuse_busy(request)
             return
         self.app.connection(+1)
         try:
             super().process_request(request, client_address)
         except RuntimeError as e:  # the system will not start another thread
-            self._connection_done()
+            self._connection_done(request)
             log.error("%s refused: %s", client_address[0], e)
             self._refuse_busy(request)
 
@@ -550,11 +689,10 @@ class BootServer(http.server.ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connection_done()
+            self._connection_done(request)
 
-    def _connection_done(self):
-        with self._count_lock:
-            self.open_connections -= 1
+    def _connection_done(self, request):
+        self.connections.closed(request)
         self.app.connection(-1)
 
     def _refuse_busy(self, request):
@@ -584,6 +722,8 @@ class BootServer(http.server.ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         e = sys.exc_info()[1]
+        if isinstance(e, Cut):
+            return                          # counted and logged when it was cut
         if isinstance(e, ssl.SSLError):
             log.info("%s: TLS failed: %s", client_address[0], e.reason or e)
         elif isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):

@@ -21,6 +21,7 @@ import time
 from urllib.parse import parse_qs
 
 from _bootcfg.answers import Refusal, Request, printable, refused
+from _bootcfg.guard import Throttled
 from _bootcfg.server import LIMITS
 
 log = logging.getLogger("bootcfg")
@@ -64,7 +65,9 @@ class TftpServer:
         self.server_address = sock.getsockname()
         self.tls = None
         self.transfers = 0
+        self.per_client = {}      # client address -> transfers running
         self._lock = threading.Lock()
+        self.throttled = Throttled()
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._wildcard = self.server_address[0] in ("0.0.0.0", "::")
@@ -120,10 +123,21 @@ class TftpServer:
             self._refuse(client, local, ILLEGAL_OPERATION, "mode %s not supported"
                          % printable(mode, 20), name, started)
             return
+        cap = self.limits["tftp_transfers_per_client"]
         with self._lock:
             busy = self.transfers >= self.limits["tftp_transfers"]
-            if not busy:
+            greedy = cap and self.per_client.get(client[0], 0) >= cap
+            if not busy and not greedy:
                 self.transfers += 1
+                self.per_client[client[0]] = self.per_client.get(client[0], 0) + 1
+        if greedy:
+            self.app.connection_cut("tftp_per_client")
+            self.throttled.warn(client[0], "tftp_per_client", "tftp: %s refused: %d "
+                                "transfers of its own running (tftp_transfers_per_client)",
+                                client[0], cap)
+            self._refuse(client, local, NOT_DEFINED, "too many transfers from %s, try again"
+                         % client[0], name, started, kind="busy")
+            return
         if busy:
             log.warning("tftp: %s refused: %d transfers running (tftp_transfers)",
                         client[0], self.transfers)
@@ -175,6 +189,9 @@ class TftpServer:
                 sock.close()
             with self._lock:
                 self.transfers -= 1
+                left = self.per_client.pop(client[0]) - 1
+                if left:
+                    self.per_client[client[0]] = left
             if resp is None:
                 resp = refused(Refusal("internal", "internal error"))
             self._finish("RRQ", name, client, resp, sent, complete, started, req)

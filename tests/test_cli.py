@@ -3,6 +3,7 @@
 import http.client
 import signal
 import socket
+import time
 
 import pytest
 
@@ -166,11 +167,13 @@ def start_with(start_server, data_dir, how, flag, value):
 def test_max_connections_reaches_the_server(start_server, data_dir, how):
     s = start_with(start_server, data_dir, how, "max-connections", "2")
     held = []
-    for _ in range(2):                 # two connections, each proven served
-        c = socket.create_connection((s.host, s.port), timeout=5)
+    for _ in range(2):                 # two connections, each proven served, then
+        c = socket.create_connection((s.host, s.port), timeout=5)     # mid-request
         c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_head(c).startswith(b"HTTP/1.1 200")
+        c.sendall(b"GET / HTTP/1.1\r\n")
         held.append(c)
+    time.sleep(0.2)
     extra = socket.create_connection((s.host, s.port), timeout=5)
     assert read_head(extra).startswith(b"HTTP/1.1 503")
     assert s.wait_log(r"refused: 2 connections open \(max_connections\)")
@@ -182,7 +185,6 @@ def test_idle_timeout_reaches_the_server(start_server, data_dir, how):
     c = socket.create_connection((s.host, s.port), timeout=5)
     c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert read_head(c).startswith(b"HTTP/1.1 200")
-    import time
     started = time.monotonic()
     while c.recv(4096):                # the server closes the idle connection
         pass
