@@ -121,7 +121,12 @@ class Bootcfg:
                                             "-data-path", data, "-images-path", images,
                                             "-log-level", "warning",
                                             "-workers", str(workers)],
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL,
+                                     # every load comes from 127.0.0.1: no per-client cap
+                                     # (an environment variable, which older revisions
+                                     # compared against ignore)
+                                     env=dict(os.environ,
+                                              BOOTCFG_MAX_CONNECTIONS_PER_CLIENT="0"))
         STARTED.append(self.proc)
         assert wait_port(self.port), "bootcfg did not start"
         self.start_ms = (time.perf_counter() - t0) * 1000
