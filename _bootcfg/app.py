@@ -261,9 +261,9 @@ class App:
             labels["mac"] = own
             machine = (machine[0], own)
         elif asked != own:
-            raise self.unbound("other_mac", "mac=%s is not the machine at %s (its lease "
-                               "names %s); with -bind-configs configs go only to their "
-                               "own machine" % (asked, req.client, own), ("", own))
+            raise self.unbound("other_mac", "mac=%s is not the machine at %s (that is %s); "
+                               "with -bind-configs configs go only to their own machine"
+                               % (asked, req.client, own), ("", own))
         return labels, machine
 
     def bound(self, match, labels):

@@ -201,7 +201,7 @@ def test_a_machine_gets_its_own_config_and_nobody_elses(bound):
     assert get_from(bound, "127.0.0.2", "/cloud") == (200, "#cloud-config\nhostname: node10\n")
     status, body = get_from(bound, "127.0.0.3", "/cloud?mac=" + MAC1)
     assert status == 403
-    assert body == ("mac=%s is not the machine at 127.0.0.3 (its lease names %s); with "
+    assert body == ("mac=%s is not the machine at 127.0.0.3 (that is %s); with "
                     "-bind-configs configs go only to their own machine\n" % (MAC1, MAC2))
     status, body = get_from(bound, "127.0.0.4", "/cloud?mac=" + MAC1)
     assert status == 403 and "127.0.0.4 holds no current DHCP lease" in body
