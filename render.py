@@ -353,9 +353,12 @@ def _comment(value):
 # serial are passed only when they are made of characters that need no quoting in
 # a query: GRUB cannot encode them. Only commands Debian's signed network GRUB has
 # built in are used.
+# A command's error inside an `if` condition is not printed (GRUB resets it), so a
+# machine without an SMBIOS field, or a GRUB without the smbios command, boots
+# without "error: failed to retrieve the structure field." on its console.
 GRUB_FIRST_SCRIPT = """# bootcfg: finds this machine's GRUB answer
-smbios --type 1 --get-uuid 8 --set bootcfg_uuid
-smbios --type 1 --get-string 7 --set bootcfg_serial
+if smbios --type 1 --get-uuid 8 --set bootcfg_uuid; then true; else set bootcfg_uuid=; fi
+if smbios --type 1 --get-string 7 --set bootcfg_serial; then true; else set bootcfg_serial=; fi
 set bootcfg_hostname="$net_efinet0_hostname"
 set bootcfg_platform="$grub_platform"
 if [ "$grub_platform" = pc ]; then set bootcfg_platform=pcbios; fi
