@@ -5,11 +5,15 @@
     initrd.gz    a busybox initramfs made here: loads virtio_net, gets an address
                  by DHCP, fetches the cloud-config-url from /proc/cmdline and
                  prints it on the serial console between markers, then powers off
+    blk.gz       virtio_blk and what it needs, loaded by `load_blk` (for guests
+                 with a disk: the install cycle, tests/e2e/disk.py)
     ignition.gz  a second initramfs, loaded after initrd.gz (the kernel unpacks
                  both into one root): the real Ignition client from Debian's
                  `ignition` package with the libraries it links, and a hook that
                  runs its fetch and files stages when ignition.config.url is on
                  the kernel command line, then prints what it wrote
+                 (/etc/e2e-ignition.sh: `run_ignition PLATFORM`, also used by
+                 the installed system's hook)
 
     python3 tests/e2e/assets.py      # prepare (CI does this in .ci/run)
 
@@ -33,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CACHE = os.path.join(ROOT, ".cache", "e2e")
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 NET_MODULES = ("virtio_pci", "virtio_net")   # with everything they depend on
+BLK_MODULES = ("virtio_blk",)
 BUSYBOX = "/bin/busybox"
 
 INIT = r"""#!/bin/busybox sh
@@ -83,9 +88,10 @@ exit 0
 
 
 IGNITION = "/usr/lib/dracut/modules.d/30ignition/ignition"
-IGNITION_HOOK = r"""# Runs the real Ignition client when the kernel command line asks for it.
-if grep -q "ignition.config.url=" /proc/cmdline; then
-    echo "E2E-CMDLINE: $(cat /proc/cmdline)"
+IGNITION_RUN = r"""# run_ignition PLATFORM: the real Ignition client's fetch and files stages into
+# a tmpfs root; prints its verdict, its own lines for the files it wrote, and
+# the files, then powers off.
+run_ignition() {
     mkdir -p /run /sysroot
     mount -t tmpfs tmpfs /run
     mount -t tmpfs tmpfs /sysroot
@@ -97,11 +103,12 @@ if grep -q "ignition.config.url=" /proc/cmdline; then
     printf '#!/bin/sh\nexit 0\n' > /usr/sbin/setfiles
     chmod 755 /usr/sbin/setfiles
     timeout=$(sed -n 's/.*e2e.fetch_timeout=\([^ ]*\).*/\1/p' /proc/cmdline)
-    if /usr/bin/ignition -platform metal -stage fetch -log-to-stdout \
+    if /usr/bin/ignition -platform "$1" -stage fetch -log-to-stdout \
             -fetch-timeout "${timeout:-60s}" > /tmp/fetch.log 2>&1 &&
-       /usr/bin/ignition -platform metal -stage files -root /sysroot -log-to-stdout \
+       /usr/bin/ignition -platform "$1" -stage files -root /sysroot -log-to-stdout \
             > /tmp/files.log 2>&1; then
         echo "E2E-IGNITION: ok"
+        grep 'writing file' /tmp/files.log | sed 's/^/E2E-IGNITION-LOG: /'
     else
         echo "E2E-IGNITION: failed"
         tail -n 8 /tmp/fetch.log /tmp/files.log 2>/dev/null | sed 's/^/E2E-LOG: /'
@@ -111,6 +118,13 @@ if grep -q "ignition.config.url=" /proc/cmdline; then
     done
     echo "E2E-IGNITION-END"
     poweroff -f
+}
+"""
+IGNITION_HOOK = r"""# Runs the real Ignition client when the kernel command line asks for it.
+if grep -q "ignition.config.url=" /proc/cmdline; then
+    echo "E2E-CMDLINE: $(cat /proc/cmdline)"
+    . /etc/e2e-ignition.sh
+    run_ignition metal
 fi
 """
 
@@ -222,6 +236,32 @@ def build_initramfs(modules):
     return gzip.compress(cpio.finish(), mtime=0)
 
 
+# /etc/e2e-blk.sh: `load_blk` loads the disk modules and waits for /dev/vda.
+BLK_LOADER = r"""load_blk() {
+    for m in $(cat /lib/modules-blk/order); do
+        insmod /lib/modules-blk/$m.ko || echo "E2E-INIT: insmod $m failed"
+    done
+    n=0
+    while [ ! -b /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+    [ -b /dev/vda ] || echo "E2E-RESULT: no disk /dev/vda"
+}
+"""
+
+
+def build_blk(modules):
+    """blk.gz: the disk modules (lib/modules-blk/, with their load order) and
+    /etc/e2e-blk.sh."""
+    cpio = Cpio()
+    for d in ("etc", "lib", "lib/modules-blk"):
+        cpio.add(d, stat.S_IFDIR | 0o755)
+    for name, data in modules:
+        cpio.add("lib/modules-blk/%s.ko" % name, stat.S_IFREG | 0o644, data)
+    cpio.add("lib/modules-blk/order", stat.S_IFREG | 0o644,
+             "".join(n + "\n" for n, _ in modules).encode())
+    cpio.add("etc/e2e-blk.sh", stat.S_IFREG | 0o644, BLK_LOADER.encode())
+    return gzip.compress(cpio.finish(), mtime=0)
+
+
 def shared_libraries(binary):
     """[(path in the guest, real file)] of what `binary` links, loader included."""
     out = subprocess.run(["ldd", binary], check=True, stdout=subprocess.PIPE,
@@ -250,6 +290,7 @@ def build_ignition_initramfs():
         with open(real, "rb") as f:
             cpio.add(guest, stat.S_IFREG | 0o755, f.read())
     cpio.add("etc/e2e-hooks/ignition", stat.S_IFREG | 0o644, IGNITION_HOOK.encode())
+    cpio.add("etc/e2e-ignition.sh", stat.S_IFREG | 0o644, IGNITION_RUN.encode())
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
@@ -258,7 +299,8 @@ def prepare_ignition():
     prepare()
     out = os.path.join(CACHE, "ignition.gz")
     with open(IGNITION, "rb") as f:
-        key = hashlib.sha256(IGNITION_HOOK.encode() + f.read()).hexdigest()
+        key = hashlib.sha256(IGNITION_HOOK.encode() + IGNITION_RUN.encode() +
+                             f.read()).hexdigest()
     stamp = out + ".stamp"
     if os.path.exists(stamp) and open(stamp).read() == key and os.path.exists(out):
         return out
@@ -300,11 +342,13 @@ def prepare():
     os.makedirs(CACHE, exist_ok=True)
     vmlinuz = os.path.join(CACHE, "vmlinuz")
     initrd = os.path.join(CACHE, "initrd.gz")
+    blk = os.path.join(CACHE, "blk.gz")
     stamp = os.path.join(CACHE, "stamp")
     with open(BUSYBOX, "rb") as f:
-        key = hashlib.sha256(INIT.encode() + UDHCPC_SCRIPT.encode() + f.read()).hexdigest()
+        key = hashlib.sha256(INIT.encode() + UDHCPC_SCRIPT.encode() + BLK_LOADER.encode() +
+                             f.read()).hexdigest()
     if os.path.exists(stamp) and open(stamp).read() == key and \
-            os.path.exists(vmlinuz) and os.path.exists(initrd):
+            all(os.path.exists(p) for p in (vmlinuz, initrd, blk)):
         return vmlinuz, initrd
     with tempfile.TemporaryDirectory(dir=CACHE) as tree:
         version = fetch_kernel(tree)
@@ -312,8 +356,11 @@ def prepare():
         order = load_order(files, NET_MODULES)
         log("kernel %s, modules %s" % (version, " ".join(order)))
         image = build_initramfs([(n, module_bytes(files[n])) for n in order])
+        blk_order = [n for n in load_order(files, BLK_MODULES) if n not in order]
+        log("disk modules %s" % " ".join(blk_order) if blk_order else "virtio_blk is built in")
+        blk_image = build_blk([(n, module_bytes(files[n])) for n in blk_order])
         for src, dst, data in ((os.path.join(tree, "boot", "vmlinuz-" + version), vmlinuz, None),
-                               (None, initrd, image)):
+                               (None, initrd, image), (None, blk, blk_image)):
             tmp = dst + ".tmp"
             if data is None:
                 shutil.copyfile(src, tmp)

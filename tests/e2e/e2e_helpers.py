@@ -20,6 +20,8 @@ OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"           # with a writable VARS c
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 OVMF_CODE_SB = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd"     # Secure Boot, Microsoft keys
 OVMF_VARS_SB = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+AAVMF_CODE = "/usr/share/AAVMF/AAVMF_CODE.fd"           # arm64 UEFI (qemu-efi-aarch64)
+AAVMF_VARS = "/usr/share/AAVMF/AAVMF_VARS.fd"
 IPXE_ROM = "/usr/lib/ipxe/qemu/efi-virtio.rom"       # BIOS + EFI iPXE for virtio-net
 INSTALL = ("apt-get install qemu-system-x86 ipxe-qemu ovmf busybox-static dnsmasq ipxe "
            "iproute2, then python3 tests/e2e/assets.py")
@@ -45,10 +47,13 @@ def missing(what):
 class Guest:
     """One QEMU machine. `firmware` is "bios" (SeaBIOS + iPXE ROM), "efi" (OVMF +
     iPXE ROM), "efi-pxe" (OVMF's own PXE: the NIC has no option ROM) or
-    "efi-secure" (as efi-pxe, with Secure Boot on and Microsoft's keys)."""
+    "efi-secure" (as efi-pxe, with Secure Boot on and Microsoft's keys), or
+    "arm64" (qemu-system-aarch64 -M virt with AAVMF and its own PXE). With
+    `disk` (a raw image) the firmware tries that disk first, then the network, and
+    a reboot restarts the machine instead of ending QEMU."""
 
     def __init__(self, qemu, workdir, name, mac, netdev, firmware="bios", uuid=None,
-                 wrap=(), extra=()):
+                 wrap=(), extra=(), disk=None):
         self.name = name
         self.console = os.path.join(str(workdir), "%s.console" % name)
         nic = "virtio-net-pci,netdev=n0,mac=%s,bootindex=1" % mac
@@ -56,6 +61,15 @@ class Guest:
             machine = ["-machine", "pc,graphics=off"]
         elif firmware == "efi":
             machine = ["-machine", "q35", "-bios", OVMF]
+        elif firmware == "arm64":
+            qemu = shutil.which("qemu-system-aarch64") or "qemu-system-aarch64"
+            own_vars = os.path.join(str(workdir), "%s.vars.fd" % name)
+            shutil.copyfile(AAVMF_VARS, own_vars)
+            machine = ["-machine", "virt", "-cpu", "cortex-a57",
+                       "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + AAVMF_CODE,
+                       "-drive", "if=pflash,format=raw,unit=1,file=" + own_vars,
+                       "-device", "virtio-rng-pci"]
+            nic += ",romfile="                        # no x86 iPXE ROM on arm64
         else:
             secure = firmware == "efi-secure"
             code, vars_ = (OVMF_CODE_SB, OVMF_VARS_SB) if secure else (OVMF_CODE, OVMF_VARS)
@@ -69,9 +83,12 @@ class Guest:
             if secure:
                 machine += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
             nic += ",romfile="                        # no iPXE: the firmware's own PXE
+        order = ["-drive", "file=%s,format=raw,if=none,id=d0" % disk,
+                 "-device", "virtio-blk-pci,drive=d0,bootindex=0"] if disk else \
+            ["-no-reboot", "-boot", "n"]
         cmd = list(wrap) + [qemu, "-accel", "tcg", "-m", "512", "-nodefaults",
-                            "-display", "none", "-monitor", "none", "-no-reboot",
-                            "-serial", "file:" + self.console, "-boot", "n"] + machine + [
+                            "-display", "none", "-monitor", "none",
+                            "-serial", "file:" + self.console] + order + machine + [
             "-netdev", "%s,id=n0" % netdev,
             # QEMU's default option ROM for virtio-net is IPXE_ROM (qemu -L help
             # lists /usr/lib/ipxe/qemu). Naming it in romfile= stops SeaBIOS from
