@@ -353,12 +353,15 @@ def _comment(value):
 # serial are passed only when they are made of characters that need no quoting in
 # a query: GRUB cannot encode them. Only commands Debian's signed network GRUB has
 # built in are used.
-# A command's error inside an `if` condition is not printed (GRUB resets it), so a
-# machine without an SMBIOS field, or a GRUB without the smbios command, boots
-# without "error: failed to retrieve the structure field." on its console.
+# The serial number is asked for only when the SMBIOS system table has one (the
+# string index at offset 7 is not 0): asking for an absent string prints
+# "error: failed to retrieve the structure field." on the console (QEMU, and real
+# machines without a serial), and GRUB prints it even inside an `if`.
 GRUB_FIRST_SCRIPT = """# bootcfg: finds this machine's GRUB answer
-if smbios --type 1 --get-uuid 8 --set bootcfg_uuid; then true; else set bootcfg_uuid=; fi
-if smbios --type 1 --get-string 7 --set bootcfg_serial; then true; else set bootcfg_serial=; fi
+smbios --type 1 --get-uuid 8 --set bootcfg_uuid
+set bootcfg_serial_index=0
+smbios --type 1 --get-byte 7 --set bootcfg_serial_index
+if [ "$bootcfg_serial_index" != 0 ]; then smbios --type 1 --get-string 7 --set bootcfg_serial; fi
 set bootcfg_hostname="$net_efinet0_hostname"
 set bootcfg_platform="$grub_platform"
 if [ "$grub_platform" = pc ]; then set bootcfg_platform=pcbios; fi

@@ -239,7 +239,9 @@ def test_http_grub_boots_over_http(qemu, tmp_path, guest_images):
         finally:
             fleet.stop()
     assert "E2E-GRUB: a GRUB with http" in console
-    assert "error:" not in console
+    # The test's own grub-mkimage GRUB has no video module (it says so); nothing
+    # bootcfg sent may print an error.
+    assert set(re.findall(r"error: .*", console)) <= {"error: no suitable video mode found."}
     assert "hostname: grub-http-%s" % token in console and "via=http" in cmdline_of(console)
     for step in ("GET /grub/grub.cfg", "GET /grub?uuid=", "GET /images/vmlinuz",
                  "GET /images/initrd.gz", "GET /cloud?uuid="):
