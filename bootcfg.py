@@ -21,6 +21,7 @@ import ssl
 import sys
 import threading
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from _bootcfg import (__version__, app, check, explain, guard, leases, logs, metrics, server,
                       systemd, tftp, workers)
@@ -93,6 +94,22 @@ def sources(text):
     out = [part.strip() for part in text.split(",") if part.strip()]
     if not out:
         raise argparse.ArgumentTypeError("names no lease file and not `neighbors`")
+    return out
+
+
+def urls(text):
+    """-peers: a comma list of http(s) base URLs."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().rstrip("/")
+        if not part:
+            continue
+        parsed = urlsplit(part)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise argparse.ArgumentTypeError("%r is not an http:// or https:// URL" % part)
+        out.append(part)
+    if not out:
+        raise argparse.ArgumentTypeError("names no URL")
     return out
 
 
@@ -236,6 +253,12 @@ def build_parser(command="serve"):
                             "lease files (dnsmasq, ISC dhcpd, Kea) and/or `neighbors` "
                             "(the kernel's neighbor tables); others get 403 "
                             "(BOOTCFG_BIND_CONFIGS; default: off)")
+        p.add_argument("-peers", "--peers", type=urls, metavar="URLS",
+                       default=env("BOOTCFG_PEERS"),
+                       help="comma list of the other replicas' base URLs "
+                            "(http://10.0.0.12:8080): /status and /status.json merge "
+                            "their machines with this one's; they must allow this "
+                            "replica in their -admin-allow (BOOTCFG_PEERS; default: none)")
         p.add_argument("-stuck-after", "--stuck-after", type=positive_seconds,
                        default=env("BOOTCFG_STUCK_AFTER", "120"),
                        help="seconds without progress after which /status calls a booting "
@@ -302,13 +325,14 @@ def resolve_images(images_path):
 
 
 def make_app(data_root, images_root, shared=None, stuck_after=120.0, admin_allow=None,
-             bindings=None):
+             bindings=None, peers=(), replica=""):
     """The App every command builds the same way: the server, its workers,
     `check`, `explain` and the tests. `shared` is the memory all workers share
     (None: one process, which keeps its boot events and counters to itself)."""
     tracker = Tracker(shared, stuck_after, server.LIMITS["status_machines"])
     return app.App(app.make_store(data_root), images_root,
-                   metrics.Metrics(__version__, shared), tracker, admin_allow, bindings)
+                   metrics.Metrics(__version__, shared), tracker, admin_allow, bindings,
+                   peers, replica, server.LIMITS["peer_timeout"])
 
 
 def load_bindings(bind_configs, follow=True):
@@ -349,8 +373,10 @@ class Setup(NamedTuple):
 
     def app(self, shared=None):
         # In the process that serves: the lease files are followed by a thread.
+        port = self.listeners[0][0].getsockname()[1] if self.listeners else 0
         return make_app(self.data_root, self.images_root, shared, self.args.stuck_after,
-                        self.args.admin_allow, load_bindings(self.args.bind_configs))
+                        self.args.admin_allow, load_bindings(self.args.bind_configs),
+                        self.args.peers or (), "%s:%d" % (socket.gethostname(), port))
 
     def servers(self, application):
         proxies = guard.Proxies(self.args.trusted_proxies) \
@@ -487,6 +513,7 @@ def run(servers, announce, ready=None):
             systemd.notify("STOPPING=1")
         for srv in servers:
             srv.stopping = True
+            srv.app.stopping = True         # /healthz: 503 while the rest finishes
             threading.Thread(target=srv.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)

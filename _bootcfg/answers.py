@@ -25,6 +25,8 @@ STATUS = {
     "invalid config": 500,   # the machine's config exists and never loaded
     "internal": 500,         # a bug: the log has the traceback
     "busy": 503,             # max_connections reached
+    "stopping": 503,         # /healthz after SIGTERM: the balancer takes this replica out
+    "unhealthy": 503,        # /healthz: the data directory cannot be read
     "bad version": 505,      # an HTTP version other than 1.x
 }
 
@@ -68,6 +70,7 @@ class Request(NamedTuple):
     client: str = ""     # the peer's address
     local: Tuple = ()    # (address, port) the request arrived on
     raw_query: str = ""  # the query string as sent (templates' request.raw_query)
+    forwarded_host: str = ""   # X-Forwarded-Host from a trusted proxy, when valid
 
 
 class Response:

@@ -15,12 +15,14 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import time
 from urllib.parse import unquote, urlsplit
 
 import render
 import store
-from _bootcfg import __version__, groups, ignition, images, metrics, status_page, template
+from _bootcfg import (__version__, fleet, groups, ignition, images, metrics, status_page,
+                      template)
 from _bootcfg.answers import Refusal, Response, printable, refused
 from _bootcfg.status import Tracker
 
@@ -54,19 +56,24 @@ class App:
     """`tracker` records boot progress (default: this process only); `admin_allow`
     is a list of ip_network: only those clients may read /status, /status.json and
     /metrics (None: everyone); `bindings` (a leases.Bindings: -bind-configs) binds
-    configs to the machine holding the client's address (None: no binding)."""
+    configs to the machine holding the client's address (None: no binding);
+    `peers` are the base URLs of the other replicas whose records /status merges
+    (fleet.py), `replica` this one's name there."""
 
     def __init__(self, data_store, images_root=None, counters=None, tracker=None,
-                 admin_allow=None, bindings=None):
+                 admin_allow=None, bindings=None, peers=(), replica="", peer_timeout=2.0):
         self.store = data_store
         self.images_root = images_root
         self.metrics = counters or metrics.Metrics(__version__)
         self.tracker = tracker or Tracker()
         self.admin_allow = admin_allow
         self.bindings = bindings
+        self.stopping = False       # set on SIGTERM: /healthz answers 503
+        self.peers, self.replica, self.peer_timeout = list(peers), replica, peer_timeout
         # Exact paths, then prefixes. A new endpoint is one line here.
         self.routes = {
             "/": self.identity,
+            "/healthz": self.healthz,
             "/boot.ipxe": self.chainload,
             "/boot.ipxe.0": self.chainload,     # old dnsmasq proxy-DHCP appends ".0"
             "/ipxe": self.ipxe,
@@ -197,6 +204,17 @@ class App:
 
     def identity(self, req):
         return Response(body=IDENTITY)
+
+    def healthz(self, req):
+        """For load balancers: 200 while this replica serves and can read its data
+        directory; 503 once it is stopping (so draining takes it out) or when the
+        directory is unreadable."""
+        if self.stopping:
+            raise Refusal("stopping", "stopping: finishing the requests in flight")
+        root = self.store.root
+        if not (os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)):
+            raise Refusal("unhealthy", "data directory %s cannot be read" % root)
+        return Response(body=b"ok\n", headers=[("Cache-Control", "no-store")])
 
     def chainload(self, req):
         return Response(body=render.render_chainload())
@@ -375,17 +393,32 @@ class App:
         resp.expects = expected_steps(match.value, req, files=False)
         return resp
 
+    def fleet_records(self):
+        """(records, problems): this replica's, merged with its peers' (-peers)."""
+        records, problems = self.tracker.view(), self.problems()
+        if self.peers:
+            others, missing = fleet.ask_peers(self.peers, self.peer_timeout)
+            records = fleet.merge(records, self.replica, others)
+            problems += missing
+        return records, problems
+
     def status_html(self, req):
-        body = status_page.render_html(self.tracker.view(), self.tracker.stuck_after,
-                                       time.time(), req.query, problems=self.problems())
+        records, problems = self.fleet_records()
+        body = status_page.render_html(records, self.tracker.stuck_after,
+                                       time.time(), req.query, problems=problems)
         return Response(body=body, content_type="text/html; charset=utf-8",
                         headers=[("Content-Security-Policy", status_page.CSP),
                                  ("Cache-Control", "no-store"),
                                  ("X-Content-Type-Options", "nosniff")])
 
     def status_json(self, req):
-        body = status_page.render_json(self.tracker.view(), self.tracker.stuck_after,
-                                       time.time(), req.query, self.problems())
+        if req.query.get("local") == "1":           # a peer asking: never merged
+            return Response(body=fleet.export_local(self.tracker.view(), self.replica),
+                            content_type="application/json",
+                            headers=[("Cache-Control", "no-store")])
+        records, problems = self.fleet_records()
+        body = status_page.render_json(records, self.tracker.stuck_after,
+                                       time.time(), req.query, problems)
         return Response(body=body, content_type="application/json",
                         headers=[("Cache-Control", "no-store")])
 
@@ -481,12 +514,12 @@ def expected_steps(cfg, req, files=True):
     request came to; not with files=False) and a cloud-config or Ignition config
     at /cloud, /ignition."""
     host = (req.headers.get("Host") or "") if req.headers else ""
-    return _expected_steps(cfg, host, req.local[:2], files)
+    return _expected_steps(cfg, (host, req.forwarded_host), req.local[:2], files)
 
 
 @functools.lru_cache(maxsize=4096)
-def _expected_steps(cfg, host, local, files):
-    mine = {host, "%s:%s" % local if local else ""} - {""}
+def _expected_steps(cfg, hosts, local, files):
+    mine = (set(hosts) | {"%s:%s" % local if local else ""}) - {""}
     out = []
     downloads = [("kernel", cfg.kernel)] + [("initrd " + u.rsplit("/", 1)[-1], u)
                                             for u in cfg.initrd] if files else []
@@ -508,9 +541,13 @@ def _expected_steps(cfg, host, local, files):
 
 def grub_device(req):
     """Where GRUB finds bare /paths: over TFTP, the server GRUB booted from (its
-    own variable); over HTTP, the address and port this request arrived at."""
+    own variable); over HTTP, the host a trusted proxy says the machine asked
+    (X-Forwarded-Host: so GRUB's kernel and initrd fetches go through the
+    balancer too), else the address and port this request arrived at."""
     if req.method == "RRQ" or not req.local:
         return "(tftp,$net_default_server)"
+    if req.forwarded_host:
+        return "(http,%s)" % req.forwarded_host
     host, port = req.local[0], req.local[1]
     if host.startswith("::ffff:"):
         host = host[len("::ffff:"):]

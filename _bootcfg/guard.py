@@ -20,6 +20,7 @@ which alone sees the bytes arrive.
 
 import ipaddress
 import logging
+import re
 import socket
 import threading
 import time
@@ -119,6 +120,31 @@ def _hop_address(text):
     except ValueError:
         return None
     return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(r"^(%s(?:\.%s)*|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$"
+                   % (_HOST_LABEL, _HOST_LABEL))
+
+
+def forwarded_host(text):
+    """`text` (an X-Forwarded-Host value) if it is one host name or address with
+    an optional port, else "": what GRUB is told to fetch from must be a host."""
+    m = _HOST.match(text or "")
+    if m is None or len(text) > 260 or (m.group(2) and not 0 < int(m.group(2)) < 65536):
+        return ""
+    host = m.group(1)
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return ""
+    elif host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return ""
+    return text
 
 
 class Throttled:

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from _bootcfg import __version__
 from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, printable,
                               refused)
-from _bootcfg.guard import Connections, Cut, plain_address
+from _bootcfg.guard import Connections, Cut, forwarded_host, plain_address
 
 log = logging.getLogger("bootcfg")
 access = logging.getLogger("bootcfg.access")
@@ -89,6 +89,10 @@ LIMITS = types.MappingProxyType({
     # bigger ones travel as IP fragments; GRUB asks for 1024, OVMF for 1468.
     "tftp_max_blksize": 65464,
     "tftp_max_windowsize": 64,
+    # Seconds /status waits for the peers' records (-peers), asked in parallel: a
+    # replica on the same network answers in milliseconds; a dead one must not
+    # hold the page for longer than an operator waits for it.
+    "peer_timeout": 2.0,
     # Machines /status keeps a record of (the least recently seen are dropped): a
     # record is a few KiB, so the default costs tens of MiB at most.
     "status_machines": 10000,
@@ -278,8 +282,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         longer cut this connection, and the client is known."""
         self.reader.head_done()
         proxies = self.server.proxies
+        self.forwarded_host = ""
         if proxies is not None and self.conn.exempt:
             self.client = proxies.client(self.peer, self.headers.get("x-forwarded-for"))
+            self.forwarded_host = forwarded_host(self.headers.get("x-forwarded-host"))
 
     def __getattr__(self, name):
         # handle_one_request looks up do_<METHOD>; every method but GET and HEAD,
@@ -320,7 +326,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 req = Request(self.command, path, query, self.headers,
                               self.client, self.local_address,
-                              self.path.partition("?")[2])
+                              self.path.partition("?")[2], self.forwarded_host)
                 resp = server.app(req)
             self._answer(resp, send_body, req)
         finally:

@@ -43,7 +43,8 @@ def to_dict(rec, st, problem):
     return {"key": rec["key"], "mac": rec.get("mac", ""), "uuid": rec.get("uuid", ""),
             "hostname": rec.get("hostname", ""), "serial": rec.get("serial", ""),
             "arch": rec.get("arch", ""), "platform": rec.get("platform", ""),
-            "client": rec.get("client", ""), "first_seen": iso(rec["first"]),
+            "client": rec.get("client", ""), "replica": rec.get("replica", ""),
+            "first_seen": iso(rec["first"]),
             "last_seen": iso(rec["last"]), "state": st, "problem": problem,
             "via": attempt["via"], "attempt_started": iso(attempt["started"]),
             "expected": [step for step, _ in attempt["expects"]],
@@ -127,8 +128,10 @@ def render_html(records, stuck_after, now, query, refresh=5, problems=()):
                "</label> <button>filter</button></form>" % e(f["text"]))
     out.append("<p>%d machine(s) match; stuck means no progress for %ds. Updated %s, "
                "every %ds.</p>" % (total, stuck_after, iso(now), refresh))
+    replicas = any(m["replica"] for m in page)          # -peers: who saw each machine
     out.append("<table><thead><tr><th>machine</th><th>state</th><th>progress</th>"
-               "<th>steps</th><th>last seen</th></tr></thead><tbody>")
+               "<th>steps</th><th>last seen</th>%s</tr></thead><tbody>"
+               % ("<th>replica</th>" if replicas else ""))
     for m in page:
         expected = len(m["expected"]) or 1
         pct = 100 * m["expected_done"] // expected if m["expected"] else \
@@ -144,13 +147,14 @@ def render_html(records, stuck_after, now, query, refresh=5, problems=()):
                           for s in m["steps"])
         out.append('<tr class="%s" data-key="%s"><td>%s</td><td><span class=state>%s</span>%s'
                    "</td><td><div class=bar title=\"%d of %d expected steps\"><i style=\"width:"
-                   "%d%%\"></i></div>%d/%d%s</td><td class=steps>%s</td><td>%s<br>%s</td></tr>"
+                   "%d%%\"></i></div>%d/%d%s</td><td class=steps>%s</td><td>%s<br>%s</td>%s</tr>"
                    % (m["state"].replace(" ", "-"), e(m["key"]), who, e(m["state"]),
                       "<div class=problem>%s</div>" % e(m["problem"]) if m["problem"] else "",
                       m["expected_done"], len(m["expected"]), pct, m["expected_done"],
                       len(m["expected"]),
                       "<br><small>%s</small>" % e(m["note"]) if m["note"] else "",
-                      steps, e(m["last_seen"]), e(m["client"])))
+                      steps, e(m["last_seen"]), e(m["client"]),
+                      "<td class=replica>%s</td>" % e(m["replica"]) if replicas else ""))
     out.append("</tbody></table>")
     if f["offset"] + f["limit"] < total or f["offset"]:
         def link(offset, label):

@@ -108,20 +108,26 @@ class Flood:
         sock.close()
 
 
+def machine_mac(i):
+    return "52:54:00:%02x:%02x:%02x" % (i >> 16 & 255, i >> 8 & 255, i & 255)
+
+
 def source_address(i):
     """The loopback address of simulated machine i: 127.0.1.1 on, 250 per /24."""
     return "127.0.%d.%d" % (1 + i // 250, 1 + i % 250)
 
 
-def storm(host, port, machines, at_once):
-    """`machines` simulated machines, each from its own address: /boot.ipxe,
-    /ipxe and /cloud on one connection. Returns (errors, latencies in ms)."""
-    errors, times = [], []
+def storm(host, port, machines, at_once, first=0, times=None):
+    """`machines` simulated machines (numbers `first` on), each from its own
+    address: /boot.ipxe, /ipxe and /cloud on one connection. Returns (errors,
+    latencies in ms); `times`, when given, is the latencies list, which grows
+    while the storm runs (its progress, for another thread)."""
+    errors, times = [], ([] if times is None else times)
     lock = threading.Lock()
     sem = threading.Semaphore(at_once)
 
     def machine(i):
-        mac = "52:54:00:%02x:%02x:%02x" % (i >> 16 & 255, i >> 8 & 255, i & 255)
+        mac = machine_mac(i)
         with sem:
             try:
                 c = http.client.HTTPConnection(host, port, timeout=30,
@@ -140,7 +146,8 @@ def storm(host, port, machines, at_once):
                 with lock:
                     errors.append(("connection", repr(e)))
 
-    threads = [threading.Thread(target=machine, args=(i,)) for i in range(machines)]
+    threads = [threading.Thread(target=machine, args=(i,))
+               for i in range(first, first + machines)]
     for t in threads:
         t.start()
     for t in threads:
