@@ -59,7 +59,9 @@ def ask_peers(peers, timeout):
         except urllib.error.HTTPError as e:
             results[url] = "answered %d %s" % (e.code, e.reason)
         except (OSError, ValueError) as e:
-            results[url] = str(getattr(e, "reason", None) or e) or e.__class__.__name__
+            reason = getattr(e, "reason", None) or e       # URLError wraps the OSError
+            results[url] = getattr(reason, "strerror", None) or str(reason) or \
+                reason.__class__.__name__
 
     threads = [threading.Thread(target=one, args=(url,), daemon=True) for url in peers]
     for t in threads:
