@@ -1,5 +1,5 @@
-"""The fleet PromQL in contrib/prometheus/bootcfg-rules.yml (which the README
-shows), checked with promtool against a recording: three real replicas' /metrics
+"""The fleet PromQL in contrib/prometheus/bootcfg-rules.yml (which
+docs/scaling.md shows), checked with promtool against a recording: three real replicas' /metrics
 scraped twice, five minutes apart as far as Prometheus is told, with requests and
 a guard cut in between. The expected values are summed here from the scrapes."""
 
@@ -131,7 +131,7 @@ def test_fleet_promql_sums_three_replicas(start_server, data_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-4000:]
 
 
-def test_the_readme_shows_the_rules():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+def test_the_scaling_page_shows_the_rules():
+    page = open(os.path.join(ROOT, "docs", "scaling.md")).read()
     for expr in re.findall(r"^\s+expr: (.+)$", open(RULES).read(), re.M):
-        assert expr in readme, expr
+        assert expr in page, expr

@@ -256,8 +256,8 @@ def test_security_exposure_is_ok():
     m = re.search(r"Overall exposure level for bootcfg.service: ([\d.]+) (\w+)", out.stdout)
     assert m, out.stdout[-2000:]
     assert m.group(2) in ("SAFE", "OK"), m.group(0)
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    assert "exposure level %s %s" % (m.group(1), m.group(2)) in readme
+    page = open(os.path.join(ROOT, "docs", "install.md")).read()
+    assert "exposure level %s %s" % (m.group(1), m.group(2)) in page
 
 
 def test_socket_activation(single_file, data_dir, tmp_path):

@@ -17,8 +17,8 @@ RECIPE = os.path.join(ROOT, "contrib", "dnsmasq", "bootcfg.conf")
 
 
 def test_recipe_is_what_readme_shows():
-    """The README quotes the recipe; the test below runs the file itself."""
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    """docs/network.md quotes the recipe; the test below runs the file itself."""
+    readme = open(os.path.join(ROOT, "docs", "network.md")).read()
     recipe = open(RECIPE).read()
     for line in ("dhcp-userclass=set:ipxe,iPXE",
                  "dhcp-boot=tag:ipxe,http://192.168.122.1:8080/boot.ipxe",
