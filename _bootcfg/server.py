@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from _bootcfg import __version__
 from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, printable,
                               refused)
-from _bootcfg.guard import Connections, Cut, forwarded_host, plain_address
+from _bootcfg.guard import Connections, Cut, client_key, forwarded_host, plain_address
 
 log = logging.getLogger("bootcfg")
 access = logging.getLogger("bootcfg.access")
@@ -672,10 +672,10 @@ class BootServer(http.server.ThreadingHTTPServer):
             # Its own connections are all busy being answered: this one is not
             # admitted, and gets no answer (a flood gets no lines either).
             self.app.connection_cut("per_client")
+            key = client_key(client_address[0])
             self.connections.throttled.warn(
-                "%s" % client_address[0], refusal, "%s: refused a connection: "
-                "-max-connections-per-client %d reached, none of them waiting",
-                plain_address(client_address[0]), self.limits["max_connections_per_client"])
+                key, refusal, "%s: refused a connection: -max-connections-per-client %d "
+                "reached, none of them waiting", key, self.limits["max_connections_per_client"])
             self.shutdown_request(request)
             return
         if refusal:
