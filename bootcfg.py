@@ -218,7 +218,8 @@ def build_parser(command="serve"):
                        help="seconds a connection may sit idle or stall mid-request "
                             "before it is closed (BOOTCFG_IDLE_TIMEOUT; default "
                             "%(default)s)")
-        p.add_argument("-header-timeout", "--header-timeout", metavar="SECONDS", type=seconds_or_off,
+        p.add_argument("-header-timeout", "--header-timeout", metavar="SECONDS",
+                       type=seconds_or_off,
                        default=env("BOOTCFG_HEADER_TIMEOUT",
                                    str(server.LIMITS["header_timeout"])),
                        help="seconds from the first byte of a request head (or the start "
@@ -241,12 +242,14 @@ def build_parser(command="serve"):
                        help="TFTP transfers one client address may run at once "
                             "(BOOTCFG_TFTP_TRANSFERS_PER_CLIENT; default %(default)s; "
                             "0: no cap)")
-        p.add_argument("-trusted-proxies", "--trusted-proxies", metavar="CIDRS", type=networks,
+        p.add_argument("-trusted-proxies", "--trusted-proxies", metavar="CIDRS",
+                       type=networks,
                        default=env("BOOTCFG_TRUSTED_PROXIES"),
                        help="comma list of networks (CIDR) of load balancers whose "
                             "X-Forwarded-For names the client; from anyone else it is "
                             "ignored (BOOTCFG_TRUSTED_PROXIES; default: none)")
-        p.add_argument("-bind-configs", "--bind-configs", metavar="SOURCES", type=sources,
+        p.add_argument("-bind-configs", "--bind-configs", metavar="SOURCES",
+                       type=sources,
                        default=env("BOOTCFG_BIND_CONFIGS"),
                        help="answer /cloud, /ignition, /generic and /metadata only to "
                             "the machine holding the client's address, per these DHCP "

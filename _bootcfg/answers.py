@@ -32,7 +32,8 @@ STATUS = {
 
 # The standard library's own error codes, as kinds of the table above.
 PROTOCOL_KINDS = {400: "bad request", 408: "timeout", 414: "line too long",
-                  431: "headers too large", 505: "bad version", 501: "bad method", 405: "bad method"}
+                  431: "headers too large", 505: "bad version", 501: "bad method",
+                  405: "bad method"}
 
 REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",

@@ -14,6 +14,7 @@ they come back as its machines ask again.
 import collections
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -66,8 +67,9 @@ def ask_peers(peers, timeout):
     threads = [threading.Thread(target=one, args=(url,), daemon=True) for url in peers]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + timeout + 0.5     # one deadline for all of them
     for t in threads:
-        t.join(timeout + 0.5)
+        t.join(max(0.0, deadline - time.monotonic()))
     records, problems = [], []
     for url in peers:
         found = results.get(url)
