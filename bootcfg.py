@@ -226,8 +226,8 @@ def build_parser(command="serve"):
                             "of a TLS handshake) until the whole head must have arrived, "
                             "else the connection is closed, with 408 after a request line "
                             "(BOOTCFG_HEADER_TIMEOUT; default %(default)s; 0: off)")
-        p.add_argument("-max-connections-per-client", "--max-connections-per-client", metavar="N",
-                       type=whole_number,
+        p.add_argument("-max-connections-per-client", "--max-connections-per-client",
+                       metavar="N", type=whole_number,
                        default=env("BOOTCFG_MAX_CONNECTIONS_PER_CLIENT",
                                    str(server.LIMITS["max_connections_per_client"])),
                        help="connections one client address (an IPv6 /64) may hold per "
@@ -235,8 +235,8 @@ def build_parser(command="serve"):
                             "a request is closed; trusted proxies are exempt "
                             "(BOOTCFG_MAX_CONNECTIONS_PER_CLIENT; default %(default)s; "
                             "0: no cap)")
-        p.add_argument("-tftp-transfers-per-client", "--tftp-transfers-per-client", metavar="N",
-                       type=whole_number,
+        p.add_argument("-tftp-transfers-per-client", "--tftp-transfers-per-client",
+                       metavar="N", type=whole_number,
                        default=env("BOOTCFG_TFTP_TRANSFERS_PER_CLIENT",
                                    str(server.LIMITS["tftp_transfers_per_client"])),
                        help="TFTP transfers one client address may run at once "

@@ -51,21 +51,6 @@ def client_key(address):
     return str(ipaddress.IPv6Address(packed[:8] + bytes(8))) + "/64"
 
 
-def parse_networks(text, what):
-    """ip_networks from a comma list of CIDRs or addresses; ValueError naming `what`."""
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if part:
-            try:
-                out.append(ipaddress.ip_network(part, strict=False))
-            except ValueError as e:
-                raise ValueError("%s: %s" % (what, e)) from None
-    if not out:
-        raise ValueError("%s names no network" % what)
-    return out
-
-
 class Proxies:
     """-trusted-proxies: the networks whose X-Forwarded-For is believed."""
 
@@ -178,12 +163,12 @@ class Conn:
     """One open connection, as the guard sees it. `head_deadline` is set by the
     reader at the first byte of a request head; `served` counts answers sent."""
 
-    __slots__ = ("sock", "peer", "key", "exempt", "opened", "state", "idle_since",
-                 "head_deadline", "timeout_changed", "served", "cut")
+    __slots__ = ("sock", "key", "exempt", "state", "idle_since", "head_deadline",
+                 "timeout_changed", "served", "cut")
 
-    def __init__(self, sock, peer, key, exempt):
-        self.sock, self.peer, self.key, self.exempt = sock, peer, key, exempt
-        self.opened = self.idle_since = time.monotonic()
+    def __init__(self, sock, key, exempt):
+        self.sock, self.key, self.exempt = sock, key, exempt
+        self.idle_since = time.monotonic()
         self.state = WAITING
         self.head_deadline = None
         self.timeout_changed = False
@@ -214,7 +199,7 @@ class Connections:
         and nobody is idle: 503)."""
         exempt = self.proxies is not None and self.proxies.trusts(peer)
         key = client_key(peer)
-        conn = Conn(sock, peer, key, exempt)
+        conn = Conn(sock, key, exempt)
         with self.lock:
             mine = self._by_key.get(key)
             if self.per_client and not exempt and mine and len(mine) >= self.per_client:

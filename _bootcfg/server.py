@@ -16,7 +16,6 @@ import socket
 import ssl
 import struct
 import sys
-import threading
 import time
 import types
 from urllib.parse import unquote, urlsplit
@@ -165,8 +164,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     server.app.connection_cut("header_timeout")
                     raise Cut("header_timeout") from None
                 raise
-            super().setup()
-            self.request.settimeout(self.timeout)
+            super().setup()                 # which sets the idle timeout again
         else:
             self._setup_plain()
         self.reader = _HeadReader(self.connection, self.conn, server, kernel=not tls)

@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 
+from versus_nginx import cpu_seconds
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -193,15 +195,6 @@ def metric(port, name):
             labels, value = line[len(name):].rsplit(" ", 1)
             out[labels] = float(value)
     return out
-
-
-def cpu_seconds(pids):
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def run_attack(data, workers, guarded, slow, machines, at_once):

@@ -308,22 +308,43 @@ def read_head(sock):
     return data
 
 
-def raw_request(server, data, timeout=5):
-    """Send raw bytes on a new connection; everything read until the server
-    closes it or `timeout` passes."""
+def read_to_close(sock, must_close=False):
+    """Everything `sock` receives until the server closes it (or resets it, or the
+    socket's timeout passes: with `must_close`, that raises socket.timeout)."""
     import socket
-    s = socket.create_connection((server.host, server.port), timeout=timeout)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        except socket.timeout:
+            if must_close:
+                raise
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def raw_request(server, data, timeout=5, source=None):
+    """Send raw bytes on a new connection (from `source`, a local address, if
+    given); everything read until the server closes it or `timeout` passes."""
+    import socket
+    s = socket.create_connection((server.host, server.port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     try:
         s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (socket.timeout, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_to_close(s)
     finally:
         s.close()
+
+
+def get_from(server, source, path, headers=""):
+    """(status, body text) of GET `path` from the local address `source` (a
+    machine on the boot network, as loopback 127.0.0.x), `headers` added."""
+    data = raw_request(server, ("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n"
+                                % (path, headers)).encode(), timeout=10, source=source)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()

@@ -4,13 +4,12 @@ whose clients come from 127.0.0.x addresses named in a lease file."""
 
 import json
 import os
-import socket
 import time
 
 import pytest
 
 from _bootcfg import leases
-from helpers import UUID1, boot_json, run_bootcfg, settle, write
+from helpers import UUID1, boot_json, get_from, run_bootcfg, settle, write
 
 NOW = 1_800_000_000.0
 MAC1, MAC2 = "52:54:00:89:d8:10", "52:54:00:89:d8:20"
@@ -167,22 +166,6 @@ def dnsmasq_leases(path, *entries):
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, str(path))
-
-
-def get_from(server, source, path):
-    sock = socket.create_connection((server.host, server.port), timeout=5,
-                                    source_address=(source, 0))
-    with sock:
-        sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                      % path).encode())
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 @pytest.fixture

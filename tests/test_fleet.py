@@ -14,30 +14,14 @@ import time
 import pytest
 
 from _bootcfg.guard import forwarded_host
-from helpers import boot_json, write
-
-
-def get(server, path, source="127.0.0.1", headers=""):
-    sock = socket.create_connection((server.host, server.port), timeout=10,
-                                    source_address=(source, 0))
-    with sock:
-        sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n"
-                      % (path, headers)).encode())
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
+from helpers import boot_json, get_from, write
 
 
 # ---------------------------------------------------------------- /healthz
 
 def test_healthz_says_ok_while_serving(serve, data_dir):
     s = serve("-data-path", str(data_dir))
-    assert get(s, "/healthz") == (200, "ok\n")
+    assert get_from(s, "127.0.0.1", "/healthz") == (200, "ok\n")
 
 
 def test_healthz_is_503_when_the_data_directory_cannot_be_read(serve, data_dir, tmp_path):
@@ -45,7 +29,7 @@ def test_healthz_is_503_when_the_data_directory_cannot_be_read(serve, data_dir, 
     os.symlink(str(data_dir), str(link))
     s = serve("-data-path", str(link))
     os.unlink(str(link))
-    status, body = get(s, "/healthz")
+    status, body = get_from(s, "127.0.0.1", "/healthz")
     assert status == 503 and "cannot be read" in body
 
 
@@ -91,15 +75,15 @@ def grub_data(tmp_path):
 
 def test_grub_over_http_names_the_host_a_trusted_proxy_forwards(serve, grub_data):
     s = serve("-data-path", str(grub_data), "-trusted-proxies", "127.0.0.2")
-    _, body = get(s, "/grub?mac=52:54:00:00:00:01", "127.0.0.2",
-                  "X-Forwarded-Host: boot.lan:8080\r\n")
+    forwarded = "X-Forwarded-Host: boot.lan:8080\r\n"
+    _, body = get_from(s, "127.0.0.2", "/grub?mac=52:54:00:00:00:01", forwarded)
     assert "linux (http,boot.lan:8080)'/images/k'" in body
-    _, body = get(s, "/grub/grub.cfg", "127.0.0.2", "X-Forwarded-Host: boot.lan:8080\r\n")
+    _, body = get_from(s, "127.0.0.2", "/grub/grub.cfg", forwarded)
     assert 'configfile "(http,boot.lan:8080)/grub?' in body
     # not from a trusted proxy, or not a host: the address the request came to
     for source, value in (("127.0.0.3", "boot.lan:8080"), ("127.0.0.2", "x)/evil")):
-        _, body = get(s, "/grub?mac=52:54:00:00:00:01", source,
-                      "X-Forwarded-Host: %s\r\n" % value)
+        _, body = get_from(s, source, "/grub?mac=52:54:00:00:00:01",
+                           "X-Forwarded-Host: %s\r\n" % value)
         assert "linux (http,127.0.0.1:%d)'/images/k'" % s.port in body
 
 
@@ -113,13 +97,13 @@ def test_status_merges_the_peers_and_names_one_that_does_not_answer(start_server
     a = start_server("-data-path", str(data_dir))
     b = start_server("-data-path", str(data_dir), "-peers",
                      "http://127.0.0.1:%d,%s" % (a.port, dead_url))
-    assert get(a, "/ipxe?mac=52:54:00:00:00:0a", "127.0.0.10")[0] == 200
-    assert get(b, "/ipxe?mac=52:54:00:00:00:0b", "127.0.0.11")[0] == 200
-    assert get(a, "/ipxe?mac=52:54:00:00:00:0c", "127.0.0.12")[0] == 200
+    assert get_from(a, "127.0.0.10", "/ipxe?mac=52:54:00:00:00:0a")[0] == 200
+    assert get_from(b, "127.0.0.11", "/ipxe?mac=52:54:00:00:00:0b")[0] == 200
+    assert get_from(a, "127.0.0.12", "/ipxe?mac=52:54:00:00:00:0c")[0] == 200
     time.sleep(0.05)
-    assert get(b, "/ipxe?mac=52:54:00:00:00:0c", "127.0.0.13")[0] == 200   # newer, on b
+    assert get_from(b, "127.0.0.13", "/ipxe?mac=52:54:00:00:00:0c")[0] == 200   # newer, on b
     started = time.monotonic()
-    view = json.loads(get(b, "/status.json")[1])
+    view = json.loads(get_from(b, "127.0.0.1", "/status.json")[1])
     assert time.monotonic() - started < 5
     seen = {m["mac"]: (m["client"], m["replica"]) for m in view["machines"]}
     name = socket.gethostname()
@@ -128,10 +112,10 @@ def test_status_merges_the_peers_and_names_one_that_does_not_answer(start_server
                     "52:54:00:00:00:0c": ("127.0.0.13", "%s:%d" % (name, b.port))}
     assert view["problems"] == ["peer %s did not answer (Connection refused): its machines "
                                 "are missing below" % dead_url]
-    html = get(b, "/status")[1]
+    html = get_from(b, "127.0.0.1", "/status")[1]
     assert "<th>replica</th>" in html and "peer %s did not answer" % dead_url in html
     # a peer is asked for its own records only: a's view does not include b's
-    local = json.loads(get(a, "/status.json?local=1")[1])
+    local = json.loads(get_from(a, "127.0.0.1", "/status.json?local=1")[1])
     assert sorted(r["mac"] for r in local["records"]) == ["52:54:00:00:00:0a",
                                                           "52:54:00:00:00:0c"]
 
@@ -139,7 +123,7 @@ def test_status_merges_the_peers_and_names_one_that_does_not_answer(start_server
 def test_admin_allow_guards_the_peer_requests_too(start_server, data_dir):
     a = start_server("-data-path", str(data_dir), "-admin-allow", "10.9.9.9")
     b = start_server("-data-path", str(data_dir), "-peers", "http://127.0.0.1:%d" % a.port)
-    view = json.loads(get(b, "/status.json")[1])
+    view = json.loads(get_from(b, "127.0.0.1", "/status.json")[1])
     assert view["problems"] == ["peer http://127.0.0.1:%d did not answer (answered 403 "
                                 "Forbidden): its machines are missing below" % a.port]
 
@@ -179,7 +163,7 @@ def test_a_symlink_swap_rolls_out_a_new_commit_whole_within_a_second(start_serve
 
     def reader():
         while not stop.is_set():
-            seen.append(get(s, "/cloud"))
+            seen.append(get_from(s, "127.0.0.1", "/cloud"))
 
     threads = [threading.Thread(target=reader) for _ in range(4)]
     for t in threads:
@@ -188,7 +172,7 @@ def test_a_symlink_swap_rolls_out_a_new_commit_whole_within_a_second(start_serve
     subprocess.run("ln -sfn releases/two current.new && mv -T current.new current",
                    shell=True, cwd=str(tmp_path), check=True)
     swapped = time.monotonic()
-    while get(s, "/cloud")[1] != "#cloud-config\nrelease: two\n#%s\n" % big:
+    while get_from(s, "127.0.0.1", "/cloud")[1] != "#cloud-config\nrelease: two\n#%s\n" % big:
         assert time.monotonic() - swapped < 1.0, "the new commit was not served within 1 s"
         time.sleep(0.02)
     time.sleep(0.3)

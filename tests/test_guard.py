@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from _bootcfg.guard import Proxies, client_key, parse_networks
-from helpers import read_head, write
+import bootcfg
+from _bootcfg.guard import Proxies, client_key
+from helpers import read_head, read_to_close, write
 
 
 def connect(server, source="127.0.0.1", timeout=5):
@@ -33,6 +34,19 @@ def closed_by_server(sock, within=5.0):
         return True
     except socket.timeout:
         return False
+
+
+def trickle(sock, byte, count):
+    """Send `byte` every 0.1 s, `count` times or until the server closes the
+    connection (the idle limit never trips); then all it sent before closing."""
+    try:
+        for _ in range(count):
+            sock.sendall(byte)
+            time.sleep(0.1)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    sock.settimeout(5)
+    return read_to_close(sock, must_close=True)
 
 
 def get_on(sock, path="/", headers=""):
@@ -63,22 +77,7 @@ def test_a_trickled_head_is_answered_408_at_the_deadline(serve, data_dir):
     c = connect(s)
     c.sendall(b"GET /ipxe?mac=52:54:00:89:d8:10 HTTP/1.1\r\n")
     started = time.monotonic()
-    answer = b""
-    try:
-        for _ in range(40):             # a byte every 0.1 s: the idle limit never trips
-            c.sendall(b"X")
-            time.sleep(0.1)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    c.settimeout(5)
-    try:
-        while True:
-            chunk = c.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    except ConnectionResetError:
-        pass
+    answer = trickle(c, b"X", 40)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert b"header_timeout" in answer
     assert time.monotonic() - started < 4.5
@@ -90,19 +89,7 @@ def test_a_trickled_request_line_is_closed_without_an_answer(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-header-timeout", "1")
     c = connect(s)
     c.sendall(b"GE")
-    got = b""
-    try:
-        for _ in range(30):
-            c.sendall(b"T")
-            time.sleep(0.1)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    c.settimeout(5)
-    try:
-        got = c.recv(4096)
-    except ConnectionResetError:
-        pass
-    assert got == b""
+    assert trickle(c, b"T", 30) == b""
     assert s.wait_log(r"closed a connection whose request head took over 1 s")
 
 
@@ -271,7 +258,7 @@ def test_at_max_connections_with_nobody_idle_a_client_gets_503(serve, data_dir):
     ("127.0.0.2", "", "127.0.0.2"),
 ])
 def test_the_client_behind_trusted_proxies(peer, forwarded, client):
-    proxies = Proxies(parse_networks("127.0.0.0/29", "-trusted-proxies"))
+    proxies = Proxies(bootcfg.networks("127.0.0.0/29"))       # as -trusted-proxies reads it
     assert proxies.client(peer, forwarded) == client
 
 

@@ -10,7 +10,6 @@ import socket
 import shutil
 import subprocess
 
-import pytest
 
 from helpers import ROOT, need_tool, write
 

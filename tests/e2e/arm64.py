@@ -17,14 +17,12 @@ import glob
 import gzip
 import hashlib
 import os
-import re
-import shutil
 import stat
 import subprocess
 import sys
 import tempfile
 
-from assets import CACHE, Cpio, log
+from assets import CACHE, Cpio, kernel_package, log, put
 
 PACKAGES = ("grub-efi-arm64-signed:arm64", "busybox-static:arm64")
 KERNEL_PACKAGE = "linux-image-cloud-arm64:arm64"
@@ -35,17 +33,6 @@ echo "E2E-ARM64: $(/bin/busybox uname -m) $(/bin/busybox cat /proc/cmdline)"
 /bin/busybox poweroff -f
 """
 OUT = ("grubnetaa64.efi", "arm64/vmlinuz", "arm64/initrd.gz")
-
-
-def kernel_package():
-    out = subprocess.run(["apt-cache", "depends", KERNEL_PACKAGE], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout
-    m = re.search(r"Depends: (linux-image-\S+-cloud-arm64)", out)
-    if not m:
-        raise RuntimeError("apt-cache depends %s names no kernel (did `dpkg "
-                           "--add-architecture arm64` and `apt-get update` run?):\n%s"
-                           % (KERNEL_PACKAGE, out))
-    return m.group(1) + ":arm64"
 
 
 def build_initrd(busybox):
@@ -69,7 +56,7 @@ def prepare_arm64():
     os.makedirs(os.path.join(CACHE, "arm64"), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         os.chmod(tmp, 0o755)            # apt's _apt user writes the downloads here
-        names = list(PACKAGES) + [kernel_package()]
+        names = list(PACKAGES) + [kernel_package(KERNEL_PACKAGE, "arm64")]
         log("downloading " + " ".join(names))
         subprocess.run(["apt-get", "download", "-q"] + names, cwd=tmp, check=True,
                        stdout=subprocess.DEVNULL)
@@ -78,19 +65,10 @@ def prepare_arm64():
             subprocess.run(["dpkg-deb", "-x", deb, tree], check=True)
         with open(os.path.join(tree, "bin", "busybox"), "rb") as f:
             initrd = build_initrd(f.read())
-        sources = {
-            "grubnetaa64.efi": os.path.join(tree, "usr/lib/grub/arm64-efi-signed",
-                                            "grubnetaa64.efi.signed"),
-            "arm64/vmlinuz": glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))[0],
-        }
-        for name, path in paths.items():
-            tmp_out = path + ".tmp"
-            if name in sources:
-                shutil.copyfile(sources[name], tmp_out)
-            else:
-                with open(tmp_out, "wb") as f:
-                    f.write(initrd)
-            os.replace(tmp_out, path)
+        put(paths["grubnetaa64.efi"], src=os.path.join(
+            tree, "usr/lib/grub/arm64-efi-signed", "grubnetaa64.efi.signed"))
+        put(paths["arm64/vmlinuz"], src=glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))[0])
+        put(paths["arm64/initrd.gz"], initrd)
     with open(stamp, "w") as f:
         f.write(key)
     return paths

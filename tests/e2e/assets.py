@@ -129,17 +129,33 @@ fi
 """
 
 
+def put(dst, data=None, src=None):
+    """Write `data` (or copy the file `src`) to `dst` whole or not at all: a cached
+    asset is never half-written when a build is interrupted."""
+    tmp = dst + ".tmp"
+    if src is not None:
+        shutil.copyfile(src, tmp)
+    else:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    os.replace(tmp, dst)
+
+
 def log(msg):
     print("e2e assets: " + msg, file=sys.stderr)
 
 
-def kernel_package():
-    out = subprocess.run(["apt-cache", "depends", KERNEL_PACKAGE], check=True,
+def kernel_package(meta=KERNEL_PACKAGE, arch="amd64"):
+    """The versioned kernel package the meta-package `meta` depends on, as
+    `apt-get download` names it (with `:arch` for a foreign architecture)."""
+    out = subprocess.run(["apt-cache", "depends", meta], check=True,
                          stdout=subprocess.PIPE, text=True).stdout
-    m = re.search(r"Depends: (linux-image-\S+-cloud-amd64)", out)
+    m = re.search(r"Depends: (linux-image-\S+-cloud-%s)" % arch, out)
     if not m:
-        raise RuntimeError("apt-cache depends %s names no kernel:\n%s" % (KERNEL_PACKAGE, out))
-    return m.group(1)
+        raise RuntimeError("apt-cache depends %s names no kernel (for a foreign "
+                           "architecture: did `dpkg --add-architecture %s` and `apt-get "
+                           "update` run?):\n%s" % (meta, arch, out))
+    return m.group(1) + (":" + arch if meta.endswith(":" + arch) else "")
 
 
 def fetch_kernel(dest):
@@ -305,9 +321,7 @@ def prepare_ignition():
     if os.path.exists(stamp) and open(stamp).read() == key and os.path.exists(out):
         return out
     log("building ignition.gz from " + IGNITION)
-    with open(out + ".tmp", "wb") as f:
-        f.write(build_ignition_initramfs())
-    os.replace(out + ".tmp", out)
+    put(out, build_ignition_initramfs())
     with open(stamp, "w") as f:
         f.write(key)
     return out
@@ -359,15 +373,9 @@ def prepare():
         blk_order = [n for n in load_order(files, BLK_MODULES) if n not in order]
         log("disk modules %s" % " ".join(blk_order) if blk_order else "virtio_blk is built in")
         blk_image = build_blk([(n, module_bytes(files[n])) for n in blk_order])
-        for src, dst, data in ((os.path.join(tree, "boot", "vmlinuz-" + version), vmlinuz, None),
-                               (None, initrd, image), (None, blk, blk_image)):
-            tmp = dst + ".tmp"
-            if data is None:
-                shutil.copyfile(src, tmp)
-            else:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-            os.replace(tmp, dst)
+        put(vmlinuz, src=os.path.join(tree, "boot", "vmlinuz-" + version))
+        put(initrd, image)
+        put(blk, blk_image)
     with open(stamp, "w") as f:
         f.write(key)
     return vmlinuz, initrd

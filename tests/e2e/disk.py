@@ -29,7 +29,7 @@ import struct
 import subprocess
 import tempfile
 
-from assets import CACHE, Cpio, prepare, prepare_ignition
+from assets import CACHE, Cpio, prepare, prepare_ignition, put
 
 MIB = 1 << 20
 
@@ -174,9 +174,7 @@ def prepare_disk_gz():
     out = os.path.join(CACHE, "disk.gz")
     data = build_disk_gz()
     if not os.path.exists(out) or open(out, "rb").read() != data:
-        with open(out + ".tmp", "wb") as f:
-            f.write(data)
-        os.replace(out + ".tmp", out)
+        put(out, data)
     return out
 
 
