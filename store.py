@@ -26,12 +26,13 @@ import collections
 import errno
 import logging
 import os
-import re
 import stat
 import threading
 import time
 from typing import NamedTuple, Optional, Tuple
 from urllib.parse import unquote
+
+from _bootcfg import machine
 
 log = logging.getLogger("bootcfg.store")
 
@@ -82,46 +83,8 @@ STORE_LIMITS = {
     "cache_bytes": 64 << 20,
 }
 
-_HEX2 = "([0-9a-f]{2})"
-_MAC_RE = re.compile("^" + "[:-]?".join([_HEX2] * 6) + "$")
-_UUID_RE = re.compile(r"^\{?([0-9a-f]{8})-?([0-9a-f]{4})-?([0-9a-f]{4})-?"
-                      r"([0-9a-f]{4})-?([0-9a-f]{12})\}?$")
-_NO_UUID = {"0" * 32, "f" * 32}
-_NO_MAC = {"00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"}
-
-
-def parse_mac(text):
-    """Canonical MAC (lowercase, colons) from `:`/`-`/no separators, any case.
-    Returns None for the all-zero and broadcast placeholders; raises ValueError
-    for anything that is not a MAC."""
-    m = _MAC_RE.match(text.strip().lower())
-    if not m:
-        raise ValueError("not a MAC address: %s" % _short(text))
-    mac = ":".join(m.groups())
-    return None if mac in _NO_MAC else mac
-
-
-def parse_uuid(text):
-    """Canonical UUID (lowercase, hyphenated), with or without hyphens or braces.
-    Returns None for the all-zero and all-F placeholders cheap boards and QEMU
-    report; raises ValueError for anything that is not a UUID."""
-    m = _UUID_RE.match(text.strip().lower())
-    if not m:
-        raise ValueError("not a UUID: %s" % _short(text))
-    if "".join(m.groups()) in _NO_UUID:
-        return None
-    return "-".join(m.groups())
-
-
-def spelling(name, text):
-    """The canonical spelling of a uuid or mac, placeholders included (what iPXE
-    would print for ${uuid} on a board without one), or "" if it is not one."""
-    rx = _UUID_RE if name == "uuid" else _MAC_RE
-    m = rx.match((text or "").strip().lower())
-    return ("-" if name == "uuid" else ":").join(m.groups()) if m else ""
-
-
-KEY_PARSERS = {"uuid": parse_uuid, "mac": parse_mac}
+# The identity of a machine (MAC and UUID spellings) is machine.py's alone.
+KEY_PARSERS = machine.KEYS
 
 
 class LoadError(Exception):

@@ -9,6 +9,7 @@ the program chooses; every error body is plain text, never HTML.
 """
 
 from typing import NamedTuple, Tuple
+from urllib.parse import unquote
 
 # Every status bootcfg answers other than 200/206/304, by the kind of failure.
 STATUS = {
@@ -104,6 +105,24 @@ def refused(refusal):
                     machine=refusal.machine, lookup=refusal.lookup)
     resp.problem = refusal.problem or refusal.message
     return resp
+
+
+def parse_query(qs):
+    """name -> first value of a query string, for HTTP targets and TFTP names
+    alike: parse_qs(keep_blank_values=True) without its generality: '&'
+    separates, '+' is a space, %XX is decoded."""
+    query = {}
+    if qs:
+        for part in qs.split("&"):
+            if not part:
+                continue
+            name, _, value = part.partition("=")
+            if "+" in name or "%" in name:
+                name = unquote(name.replace("+", " "))
+            if name not in query:
+                query[name] = unquote(value.replace("+", " ")) \
+                    if "+" in value or "%" in value else value
+    return query
 
 
 def printable(text, limit=300):

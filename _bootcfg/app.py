@@ -21,8 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 import render
 import store
-from _bootcfg import (__version__, fleet, groups, ignition, images, metrics, status_page,
-                      template)
+from _bootcfg import (__version__, fleet, groups, ignition, images, machine, metrics,
+                      status_page, template)
 from _bootcfg.answers import Refusal, Response, printable, refused
 from _bootcfg.status import Tracker
 
@@ -185,12 +185,10 @@ class App:
     def admin_allowed(self, client):
         if self.admin_allow is None:
             return True
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
+        canonical = machine.client_address(client)
+        if canonical is None:
             return False
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = ipaddress.ip_address(canonical)
         return any(address in net for net in self.admin_allow)
 
     def connection(self, delta):
@@ -354,12 +352,13 @@ class App:
         address this request arrived at (never its Host header)."""
         labels, (uuid, mac) = machine_labels(req)
         match = self.lookup("boot", labels)
-        machine = {name: req.query.get(name, "") for name in FACTS}
-        machine.update(uuid=store.spelling("uuid", req.query.get("uuid")),
-                       mac=store.spelling("mac", req.query.get("mac")))
+        facts = {name: req.query.get(name, "") for name in FACTS}
+        keys = machine.query_keys(req.query)
+        facts.update(uuid=machine.uuid_spelling(keys.get("uuid")),
+                     mac=machine.mac_spelling(keys.get("mac")))
         over_tftp = req.method == "RRQ"
         try:
-            body = render.render_grub(match.value, machine, grub_device(req), not over_tftp)
+            body = render.render_grub(match.value, facts, grub_device(req), not over_tftp)
         except render.GrubError as e:
             log.warning("%s: no GRUB answer%s for uuid=%s mac=%s: %s", matched_text(match),
                         " over TFTP" if over_tftp else "", uuid or "-", mac or "-", e)
@@ -379,7 +378,7 @@ class App:
         if "%" in raw:
             raw = unquote(raw)
         try:
-            mac = _parse_mac(raw)
+            mac = machine.mac_key(raw)
         except ValueError as e:
             raise Refusal("bad request", str(e)) from None
         if mac is None:
@@ -555,48 +554,11 @@ def grub_device(req):
 
 
 def machine_labels(req):
-    """(labels, (uuid, mac)): every non-empty query parameter, uuid and mac
-    canonical (malformed ones dropped with a warning), and the machine's keys."""
-    query = req.query
-    uuid, mac = machine_from_query(query)
-    labels = {k: v for k, v in query.items() if v and k not in ("uuid", "mac")}
-    if uuid:
-        labels["uuid"] = uuid
-    if mac:
-        labels["mac"] = mac
-    return labels, (uuid or "", mac or "")
-
-
-def machine_from_query(query):
-    """Validated (uuid, mac) from a query; malformed values are ignored with a
-    warning, so the machine still matches by its other key or the default."""
-    raw = (query.get("uuid", ""), query.get("mac", ""))
-    try:
-        return _canonical_keys(raw)
-    except ValueError:
-        pass
-    keys = []
-    for name, text in zip(("uuid", "mac"), raw):
-        value = None
-        if text:
-            try:
-                value = store.KEY_PARSERS[name](text)
-            except ValueError as e:
-                log.warning("ignoring %s in query: %s", name, e)
-        keys.append(value)
-    return tuple(keys)
-
-
-# Valid spellings seen recently, canonical (an invalid one raises ValueError,
-# which is not remembered).
-_parse_mac = functools.lru_cache(maxsize=8192)(store.parse_mac)
-
-
-@functools.lru_cache(maxsize=8192)
-def _canonical_keys(raw):
-    """(uuid, mac) canonical, for queries whose keys are absent or valid (an
-    invalid one raises ValueError, which is not remembered: it is warned of on
-    every request)."""
-    uuid, mac = raw
-    return (store.parse_uuid(uuid) if uuid else None,
-            store.parse_mac(mac) if mac else None)
+    """(labels, (uuid, mac)): every non-empty query parameter, uuid and mac (in
+    any case) canonical through machine.labels; a malformed or placeholder key is
+    dropped with a warning, so the machine still matches by its other key or the
+    default."""
+    labels, found = machine.labels(req.query)
+    for name, reason in found.problems:
+        log.warning("ignoring %s in query: %s", name, reason)
+    return labels, (found.uuid, found.mac)

@@ -12,7 +12,7 @@ import os
 from urllib.parse import quote, urlencode
 
 import store
-from _bootcfg import groups
+from _bootcfg import groups, machine
 from _bootcfg.answers import Request
 
 STATES = {
@@ -25,20 +25,12 @@ STATES = {
 
 
 def machine_keys(uuid_raw, mac_raw):
-    """(uuid, mac, notes): canonical keys as the server derives them from a query."""
-    notes, keys = [], []
-    for name, raw in (("uuid", uuid_raw), ("mac", mac_raw)):
-        value = None
-        if raw:
-            try:
-                value = store.KEY_PARSERS[name](raw)
-                if value is None:
-                    notes.append("%s %s is a placeholder many machines report: treated as "
-                                 "absent" % (name, raw))
-            except ValueError as e:
-                notes.append("%s: %s; the server ignores it" % (name, e))
-        keys.append(value)
-    return keys[0], keys[1], notes
+    """(uuid, mac, notes): canonical keys as the server derives them from a query
+    (machine.from_query), and why a given value is not used."""
+    found = machine.from_query({"uuid": uuid_raw or "", "mac": mac_raw or ""})
+    notes = ["%s: %s; the server ignores it" % (name, reason)
+             for name, reason in found.problems]
+    return found.uuid or None, found.mac or None, notes
 
 
 def requests(uuid_raw, mac_raw, labels=()):

@@ -18,7 +18,7 @@ import posixpath
 from typing import NamedTuple, Optional, Tuple
 
 import render
-import store
+from _bootcfg import machine
 from _bootcfg.template import go_format
 from render import ConfigError
 
@@ -82,9 +82,9 @@ def normalize_selector(raw, where):
         if not key or not value:
             raise ConfigError("%s: empty label name or value %r: %r (a request never "
                               "carries an empty label)" % (where, key, value))
-        if key in store.KEY_PARSERS:
+        if key in machine.KEYS:
             try:
-                canonical = store.KEY_PARSERS[key](value)
+                canonical = machine.key(key, value)
             except ValueError as e:
                 raise ConfigError("%s.%s: %s" % (where, key, e)) from None
             if canonical is None:

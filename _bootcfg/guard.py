@@ -25,18 +25,13 @@ import socket
 import threading
 import time
 
+from _bootcfg.machine import plain_address
+
 log = logging.getLogger("bootcfg")
 
 
 class Cut(ConnectionError):
     """Raised in a connection's thread once the guard has cut it."""
-
-
-def plain_address(address):
-    """An address as it is logged and looked up: IPv4-mapped IPv6 as IPv4."""
-    if address.startswith("::ffff:") and "." in address:
-        return address[7:]
-    return address
 
 
 def client_key(address):

@@ -25,6 +25,8 @@ import struct
 import threading
 import time
 
+from _bootcfg import machine
+
 log = logging.getLogger("bootcfg")
 
 
@@ -32,22 +34,16 @@ class BindError(Exception):
     pass
 
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
 def _mac(text):
-    text = text.strip().lower().replace("-", ":")
-    return text if _MAC.match(text) and text != "00:00:00:00:00:00" else None
-
-
-def _address(text):
-    """Canonical text of an IPv4 or IPv6 address (as the server logs clients)."""
+    """The canonical MAC of a lease or neighbor entry, or None (machine.mac_key:
+    placeholders and anything that is not an Ethernet MAC name no machine)."""
     try:
-        if ":" in text:
-            return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
-        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
-    except OSError:
+        return machine.mac_key(text)
+    except ValueError:
         return None
+
+
+_address = machine.client_address
 
 
 def mac_from_duid(duid):
@@ -58,9 +54,9 @@ def mac_from_duid(duid):
     except ValueError:
         return None
     if octets[:4] == b"\x00\x01\x00\x01" and len(octets) == 14:
-        return ":".join("%02x" % b for b in octets[8:])
+        return _mac(octets[8:].hex())
     if octets[:4] == b"\x00\x03\x00\x01" and len(octets) == 10:
-        return ":".join("%02x" % b for b in octets[4:])
+        return _mac(octets[4:].hex())
     return None
 
 
@@ -282,8 +278,8 @@ def _neighbor(msg, out):
         offset += (length + 3) & ~3
     dst, lladdr = attrs.get(NDA_DST), attrs.get(NDA_LLADDR)
     if dst is not None and len(dst) == 16 and lladdr is not None and len(lladdr) == 6:
-        mac = ":".join("%02x" % b for b in lladdr)
-        if mac != "00:00:00:00:00:00":
+        mac = _mac(lladdr.hex())
+        if mac is not None:
             out[socket.inet_ntop(socket.AF_INET6, dst)] = mac
 
 

@@ -18,12 +18,13 @@ import struct
 import sys
 import time
 import types
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from _bootcfg import __version__
-from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, printable,
-                              refused)
-from _bootcfg.guard import Connections, Cut, client_key, forwarded_host, plain_address
+from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, parse_query,
+                              printable, refused)
+from _bootcfg.guard import Connections, Cut, client_key, forwarded_host
+from _bootcfg.machine import plain_address
 
 log = logging.getLogger("bootcfg")
 access = logging.getLogger("bootcfg.access")
@@ -594,20 +595,7 @@ def split_target(target):
         parts = urlsplit(target)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     path, _, qs = target.partition("?")
-    query = {}
-    if qs:
-        # parse_qs(keep_blank_values=True) with the first value of each name, without
-        # its generality: '&' separates, '+' is a space, %XX is decoded.
-        for part in qs.split("&"):
-            if not part:
-                continue
-            name, _, value = part.partition("=")
-            if "+" in name or "%" in name:
-                name = unquote(name.replace("+", " "))
-            if name not in query:
-                query[name] = unquote(value.replace("+", " ")) \
-                    if "+" in value or "%" in value else value
-    return path, query
+    return path, parse_query(qs)
 
 
 def listen(address, family=socket.AF_INET, backlog=LIMITS["listen_backlog"]):

@@ -23,6 +23,7 @@ import threading
 import time
 
 from _bootcfg.answers import printable
+from _bootcfg.machine import record_key
 
 # Routes whose answers are boot steps, by kind.
 KINDS = {
@@ -138,7 +139,7 @@ class Tracker:
             self._add_pending(client, step, t)
         elif kind == "script":
             step["step"] = "boot script"
-            key = ev["mac"] or ev["uuid"] or client
+            key = record_key(ev["uuid"], ev["mac"], client)
             rec = self._record(key, ev, t)
             early = [s for s in self._pending.pop(client, []) if t - s["at"] < PENDING_SECONDS]
             if rec["attempt"] is not None:
@@ -155,7 +156,7 @@ class Tracker:
         elif kind == "config":
             step["step"] = {"/generic": "generic", "/metadata": "metadata"}.get(
                 ev["route"], "ignition" if "ignition" in ev["route"] else "cloud-config")
-            key = ev["mac"] or ev["uuid"] or self._client_machine.get(client) or client
+            key = record_key(ev["uuid"], ev["mac"], self._client_machine.get(client) or client)
             rec = self._record(key, ev, t)
             self._add_step(rec, step)
         else:                                        # a file download

@@ -18,9 +18,8 @@ import socket
 import struct
 import threading
 import time
-from urllib.parse import parse_qs
 
-from _bootcfg.answers import Refusal, Request, printable, refused
+from _bootcfg.answers import Refusal, Request, parse_query, printable, refused
 from _bootcfg.guard import Throttled
 from _bootcfg.server import LIMITS
 
@@ -36,6 +35,13 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)       # Linux's value
 
 def error_packet(code, message):
     return struct.pack("!HH", ERROR, code) + message.encode("ascii", "replace")[:400] + b"\0"
+
+
+def read_request(name, client, local):
+    """The app's Request for a TFTP read of `name` (`grub?mac=...`): the same
+    query rules as HTTP (answers.parse_query)."""
+    path, _, qs = name.lstrip("/").partition("?")
+    return Request("RRQ", path, parse_query(qs), {}, client, local, qs)
 
 
 def parse_request(packet):
@@ -166,9 +172,7 @@ class TftpServer:
                                  socket.AF_INET6, socket.SOCK_DGRAM)
             sock.bind((local if local not in ("0.0.0.0", "::") else "", 0))
             sock.connect(client)
-            path, _, qs = name.lstrip("/").partition("?")
-            query = {k: v[0] for k, v in parse_qs(qs, keep_blank_values=True).items()}
-            req = Request("RRQ", path, query, {}, client[0], sock.getsockname()[:2], qs)
+            req = read_request(name, client[0], sock.getsockname()[:2])
             resp = self.app.tftp(req)
             if resp.status != 200:
                 code = NOT_FOUND if resp.status == 404 else \
