@@ -13,7 +13,6 @@ tools (its __init__ lists them).
 """
 
 import argparse
-import ipaddress
 import os
 import signal
 import socket
@@ -21,10 +20,9 @@ import ssl
 import sys
 import threading
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 from _bootcfg import (__version__, app, check, explain, guard, leases, logs, metrics, server,
-                      systemd, tftp, workers)
+                      settings, systemd, tftp, workers)
 from _bootcfg.logs import lifecycle
 from _bootcfg.shared import Shared
 from _bootcfg.status import Tracker
@@ -59,80 +57,6 @@ def resolve_address(host, port):
     return family, sockaddr[:2]
 
 
-def one_of(*names):
-    """An argparse type for a word from `names`, any case. A type, not `choices`,
-    because argparse runs types on defaults too: a bad BOOTCFG_* value gets the
-    same one-line error as a bad flag."""
-    def word(text):
-        if text.lower() not in names:
-            raise argparse.ArgumentTypeError("invalid choice: %r (choose from %s)"
-                                             % (text, ", ".join(names)))
-        return text.lower()
-    return word
-
-
-def whole_number(text):
-    """A count where 0 turns the limit off."""
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError("must be a whole number (0: off), not %r" % text)
-    return int(text)
-
-
-def seconds_or_off(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e6:
-        raise argparse.ArgumentTypeError("must be a number of seconds (0: off), not %r"
-                                         % text)
-    return value
-
-
-def sources(text):
-    """-bind-configs: lease file paths and/or `neighbors`, comma-separated."""
-    out = [part.strip() for part in text.split(",") if part.strip()]
-    if not out:
-        raise argparse.ArgumentTypeError("names no lease file and not `neighbors`")
-    return out
-
-
-def urls(text):
-    """-peers: a comma list of http(s) base URLs."""
-    out = []
-    for part in text.split(","):
-        part = part.strip().rstrip("/")
-        if not part:
-            continue
-        parsed = urlsplit(part)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise argparse.ArgumentTypeError("%r is not an http:// or https:// URL" % part)
-        out.append(part)
-    if not out:
-        raise argparse.ArgumentTypeError("names no URL")
-    return out
-
-
-def positive_int(text):
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError("must be a whole number, 1 or more, not %r" % text)
-    return int(text)
-
-
-def networks(text):
-    """A comma list of networks (CIDR or single addresses) for -admin-allow."""
-    out = []
-    for part in text.split(","):
-        if part.strip():
-            try:
-                out.append(ipaddress.ip_network(part.strip(), strict=False))
-            except ValueError as e:
-                raise argparse.ArgumentTypeError(str(e)) from None
-    if not out:
-        raise argparse.ArgumentTypeError("names no network")
-    return out
-
-
 def label_pair(text):
     """NAME=VALUE for `explain -label`."""
     name, sep, value = text.partition("=")
@@ -141,17 +65,6 @@ def label_pair(text):
     if name in ("uuid", "mac"):
         raise argparse.ArgumentTypeError("give %s with -%s" % (name, name))
     return name, value
-
-
-def positive_seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1e6:
-        raise argparse.ArgumentTypeError("must be a number of seconds above 0, not %r"
-                                         % text)
-    return value
 
 
 ABOUT = {
@@ -170,123 +83,16 @@ ABOUT = {
 
 def build_parser(command="serve"):
     """The flags of `bootcfg` (serve), `bootcfg check` or `bootcfg explain`."""
-    env = os.environ.get
     p = argparse.ArgumentParser(
         prog="bootcfg" if command == "serve" else "bootcfg " + command,
         allow_abbrev=False, description=ABOUT[command],
-        epilog="Each flag also takes a single dash (-address=0.0.0.0:8080) and can be "
-               "set by its BOOTCFG_* environment variable; the flag wins.")
-    if command == "serve":
-        p.add_argument("-address", "--address",
-                       default=env("BOOTCFG_ADDRESS", "127.0.0.1:8080"),
-                       help="listen address, host:port or [ipv6]:port "
-                            "(BOOTCFG_ADDRESS; default %(default)s)")
-    p.add_argument("-data-path", "--data-path", default=env("BOOTCFG_DATA_PATH", "./data"),
-                   help="config directory (BOOTCFG_DATA_PATH; default %(default)s)")
-    p.add_argument("-images-path", "--images-path", default=env("BOOTCFG_IMAGES_PATH"),
-                   help="directory served under /images/ (BOOTCFG_IMAGES_PATH; default "
-                        "./images, and image serving is off if it does not exist)")
-    if command == "serve":
-        p.add_argument("-cert-file", "--cert-file", default=env("BOOTCFG_CERT_FILE"),
-                       help="TLS certificate chain (PEM) to serve HTTPS "
-                            "(BOOTCFG_CERT_FILE)")
-        p.add_argument("-key-file", "--key-file", default=env("BOOTCFG_KEY_FILE"),
-                       help="TLS private key (PEM) (BOOTCFG_KEY_FILE)")
-        p.add_argument("-tls-address", "--tls-address", default=env("BOOTCFG_TLS_ADDRESS"),
-                       help="serve HTTPS here and plain HTTP on -address; without it, "
-                            "-address serves HTTPS only (BOOTCFG_TLS_ADDRESS)")
-        p.add_argument("-tftp-address", "--tftp-address", default=env("BOOTCFG_TFTP_ADDRESS"),
-                       help="also serve read-only TFTP here, e.g. :69, for GRUB and "
-                            "firmware that speak nothing else: grub/grub.cfg, grub?..., "
-                            "boot.ipxe, ipxe?..., then image files "
-                            "(BOOTCFG_TFTP_ADDRESS; default off; under systemd, a UDP "
-                            "socket passed in turns it on)")
-        p.add_argument("-workers", "--workers", type=positive_int,
-                       default=env("BOOTCFG_WORKERS", "1"),
-                       help="processes serving the same sockets, started and replaced "
-                            "by a master process; two per CPU core is a good start "
-                            "under load (BOOTCFG_WORKERS; default 1: one process)")
-        p.add_argument("-max-connections", "--max-connections", type=positive_int,
-                       default=env("BOOTCFG_MAX_CONNECTIONS",
-                                   str(server.LIMITS["max_connections"])),
-                       help="connections served at once per process, one thread each; "
-                            "past it a client gets 503 (BOOTCFG_MAX_CONNECTIONS; "
-                            "default %(default)s)")
-        p.add_argument("-idle-timeout", "--idle-timeout", type=positive_seconds,
-                       default=env("BOOTCFG_IDLE_TIMEOUT",
-                                   str(server.LIMITS["idle_timeout"])),
-                       help="seconds a connection may sit idle or stall mid-request "
-                            "before it is closed (BOOTCFG_IDLE_TIMEOUT; default "
-                            "%(default)s)")
-        p.add_argument("-header-timeout", "--header-timeout", metavar="SECONDS",
-                       type=seconds_or_off,
-                       default=env("BOOTCFG_HEADER_TIMEOUT",
-                                   str(server.LIMITS["header_timeout"])),
-                       help="seconds from the first byte of a request head (or the start "
-                            "of a TLS handshake) until the whole head must have arrived, "
-                            "else the connection is closed, with 408 after a request line "
-                            "(BOOTCFG_HEADER_TIMEOUT; default %(default)s; 0: off)")
-        p.add_argument("-max-connections-per-client", "--max-connections-per-client",
-                       metavar="N", type=whole_number,
-                       default=env("BOOTCFG_MAX_CONNECTIONS_PER_CLIENT",
-                                   str(server.LIMITS["max_connections_per_client"])),
-                       help="connections one client address (an IPv6 /64) may hold per "
-                            "process; past it its own oldest connection still waiting for "
-                            "a request is closed; trusted proxies are exempt "
-                            "(BOOTCFG_MAX_CONNECTIONS_PER_CLIENT; default %(default)s; "
-                            "0: no cap)")
-        p.add_argument("-tftp-transfers-per-client", "--tftp-transfers-per-client",
-                       metavar="N", type=whole_number,
-                       default=env("BOOTCFG_TFTP_TRANSFERS_PER_CLIENT",
-                                   str(server.LIMITS["tftp_transfers_per_client"])),
-                       help="TFTP transfers one client address may run at once "
-                            "(BOOTCFG_TFTP_TRANSFERS_PER_CLIENT; default %(default)s; "
-                            "0: no cap)")
-        p.add_argument("-trusted-proxies", "--trusted-proxies", metavar="CIDRS",
-                       type=networks,
-                       default=env("BOOTCFG_TRUSTED_PROXIES"),
-                       help="comma list of networks (CIDR) of load balancers whose "
-                            "X-Forwarded-For names the client; from anyone else it is "
-                            "ignored (BOOTCFG_TRUSTED_PROXIES; default: none)")
-        p.add_argument("-bind-configs", "--bind-configs", metavar="SOURCES",
-                       type=sources,
-                       default=env("BOOTCFG_BIND_CONFIGS"),
-                       help="answer /cloud, /ignition, /generic and /metadata only to "
-                            "the machine holding the client's address, per these DHCP "
-                            "lease files (dnsmasq, ISC dhcpd, Kea) and/or `neighbors` "
-                            "(the kernel's neighbor tables); others get 403 "
-                            "(BOOTCFG_BIND_CONFIGS; default: off)")
-        p.add_argument("-peers", "--peers", type=urls, metavar="URLS",
-                       default=env("BOOTCFG_PEERS"),
-                       help="comma list of the other replicas' base URLs "
-                            "(http://10.0.0.12:8080): /status and /status.json merge "
-                            "their machines with this one's; they must allow this "
-                            "replica in their -admin-allow (BOOTCFG_PEERS; default: none)")
-        p.add_argument("-stuck-after", "--stuck-after", type=positive_seconds,
-                       default=env("BOOTCFG_STUCK_AFTER", "120"),
-                       help="seconds without progress after which /status calls a booting "
-                            "machine stuck (BOOTCFG_STUCK_AFTER; default %(default)s)")
-        p.add_argument("-admin-allow", "--admin-allow", type=networks,
-                       default=env("BOOTCFG_ADMIN_ALLOW"),
-                       help="comma list of client networks (CIDR) allowed to read /status, "
-                            "/status.json and /metrics; others get 403 "
-                            "(BOOTCFG_ADMIN_ALLOW; default: everyone)")
-        p.add_argument("-log-level", "--log-level",
-                       type=one_of("debug", "info", "warning", "error"),
-                       default=env("BOOTCFG_LOG_LEVEL", "info"),
-                       help="debug, info, warning or error (BOOTCFG_LOG_LEVEL; default info)")
-        p.add_argument("-log-format", "--log-format", type=one_of("text", "json"),
-                       default=env("BOOTCFG_LOG_FORMAT", "text"),
-                       help="text, or json: one object per line with the request's "
-                            "fields (BOOTCFG_LOG_FORMAT; default text)")
+        epilog="Each flag also takes a single dash (-address=0.0.0.0:8080); each setting "
+               "can be set by its BOOTCFG_* environment variable, and the flag wins. "
+               "docs/operating.md has them all with the reason for each default.")
+    settings.add_arguments(p, command, os.environ)
     if command == "check":
         p.add_argument("-format", "--format", choices=("text", "json"), default="text",
                        help="text (default) or json")
-        p.add_argument("-bind-configs", "--bind-configs", type=sources, metavar="SOURCES",
-                       default=env("BOOTCFG_BIND_CONFIGS"),
-                       help="check as for a server with -bind-configs: warn of configs "
-                            "selected by UUID alone, which it never serves (the sources "
-                            "are not read; BOOTCFG_BIND_CONFIGS)")
     if command == "explain":
         p.add_argument("-uuid", "--uuid", default="", help="the machine's SMBIOS UUID")
         p.add_argument("-mac", "--mac", default="", help="the machine's MAC address")
@@ -328,14 +134,16 @@ def resolve_images(images_path):
 
 
 def make_app(data_root, images_root, shared=None, stuck_after=120.0, admin_allow=None,
-             bindings=None, peers=(), replica=""):
+             bindings=None, peers=(), replica="", limits=None):
     """The App every command builds the same way: the server, its workers,
     `check`, `explain` and the tests. `shared` is the memory all workers share
     (None: one process, which keeps its boot events and counters to itself)."""
-    tracker = Tracker(shared, stuck_after, server.LIMITS["status_machines"])
-    return app.App(app.make_store(data_root), images_root,
+    limits = dict(settings.LIMITS, **(limits or {}))
+    tracker = Tracker(shared, stuck_after, limits["status_machines"])
+    store_limits = {name: limits[name] for name in settings.STORE_LIMIT_NAMES}
+    return app.App(app.make_store(data_root, store_limits), images_root,
                    metrics.Metrics(__version__, shared), tracker, admin_allow, bindings,
-                   peers, replica, server.LIMITS["peer_timeout"])
+                   peers, replica, limits["peer_timeout"])
 
 
 def load_bindings(bind_configs, follow=True):
@@ -370,7 +178,7 @@ class Setup(NamedTuple):
     data_root: str
     images_root: str      # None: image serving is off
     listeners: list       # [(listening socket, ssl.SSLContext or None)]
-    limits: dict          # server.LIMITS with the flags' values
+    limits: dict          # settings.LIMITS with the flags' values
     tftp_sockets: list    # bound UDP sockets for TFTP
     args: argparse.Namespace
 
@@ -379,7 +187,8 @@ class Setup(NamedTuple):
         port = self.listeners[0][0].getsockname()[1] if self.listeners else 0
         return make_app(self.data_root, self.images_root, shared, self.args.stuck_after,
                         self.args.admin_allow, load_bindings(self.args.bind_configs),
-                        self.args.peers or (), "%s:%d" % (socket.gethostname(), port))
+                        self.args.peers or (), "%s:%d" % (socket.gethostname(), port),
+                        self.limits)
 
     def servers(self, application):
         proxies = guard.Proxies(self.args.trusted_proxies) \
@@ -395,10 +204,7 @@ def configure(args):
     data_root = resolve_data(args.data_path)
     images_root = resolve_images(args.images_path)
     tls = tls_context(args.cert_file, args.key_file)
-    limits = dict(server.LIMITS, max_connections=args.max_connections,
-                  idle_timeout=args.idle_timeout, header_timeout=args.header_timeout,
-                  max_connections_per_client=args.max_connections_per_client,
-                  tftp_transfers_per_client=args.tftp_transfers_per_client)
+    limits = dict(settings.LIMITS, **settings.limits_of(args))
     bindings = load_bindings(args.bind_configs, follow=False)     # fails here, not later
     if bindings is not None:
         lifecycle.info("configs bound to their machines by %s", bindings.describe())
@@ -536,7 +342,8 @@ def tool_app(command, argv):
     errors are logged."""
     args = build_parser(command).parse_args(argv)
     logs.setup("error")
-    return args, make_app(resolve_data(args.data_path), resolve_images(args.images_path))
+    return args, make_app(resolve_data(args.data_path), resolve_images(args.images_path),
+                          limits=settings.limits_of(args))
 
 
 def run_check(argv):

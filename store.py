@@ -32,56 +32,16 @@ import time
 from typing import NamedTuple, Optional, Tuple
 from urllib.parse import unquote
 
-from _bootcfg import machine
+from _bootcfg import machine, settings
 
 log = logging.getLogger("bootcfg.store")
 
 KINDS = ("boot", "cloud", "ignition")          # the seed layout's kinds
 GROUP_KINDS = KINDS + ("generic", "metadata")   # what a group's profile can answer
 
-# Every tunable of the store, with why its default is safe.
-STORE_LIMITS = {
-    # A file modified less than this long ago may still be being written (shell
-    # redirects and `git checkout` write in place): serve the last good version
-    # meanwhile. Short enough that edits show within a second.
-    "settle_seconds": 0.25,
-    # With no last good version, a request waits at most this long for a fresh
-    # file to settle before it is read anyway.
-    "settle_wait_seconds": 1.0,
-    # A directory whose mtime is this close to the time it was scanned may change
-    # again within the same timestamp tick (coarse on NFS and some filesystems),
-    # so it is rescanned, at most every `rescan_seconds`, until it is older.
-    "racy_seconds": 1.0,
-    "rescan_seconds": 0.2,
-    # A uuid/ or mac/ directory is stat()ed at most this often to see whether it
-    # changed: two system calls fewer per request under load, and a new or renamed
-    # file is still seen within a tenth of a second.
-    "dir_check_seconds": 0.1,
-    # Likewise a file that parsed and has settled is stat()ed at most this often:
-    # an edit or a deletion is seen within a tenth of a second. Files that are
-    # broken or still settling are looked at on every request.
-    "file_check_seconds": 0.1,
-    # After reading a changed file, look at its size and times once more this much
-    # later: truncation updates the size before the mtime (seen on ext4), and a
-    # read in between would take an empty file for a settled one.
-    "recheck_seconds": 0.002,
-    # Group files changed in place (the directory does not change) are found by
-    # stat()ing every group file at most this often, or every 20 us per file when
-    # that is longer (100,000 groups: every 2 s), so a big fleet's sweep costs at
-    # most a few percent of one core.
-    "group_sweep_seconds": 1.0,
-    "group_sweep_us_per_file": 20,
-    # Config files are small; refusing big ones protects memory from an image
-    # copied into the wrong directory. Ignition configs carry whole files as data
-    # URLs (binaries, certificates), so they may be far bigger.
-    "max_file_bytes": 4 << 20,
-    "max_ignition_bytes": 32 << 20,
-    # Parsed configs and cloud-config bytes kept in memory. At 100,000 machines the
-    # whole fleet may not fit; least recently used entries are dropped and read
-    # again when next asked for. The last good copy of a file that is currently
-    # unusable is never dropped: it is the only copy there is.
-    "cache_bytes": 64 << 20,
-}
+# The store's tunables: their defaults, and why each is safe, are in the settings
+# table (the -settle-seconds ... -cache-bytes flags).
+STORE_LIMITS = {name: settings.LIMITS[name] for name in settings.STORE_LIMIT_NAMES}
 
 # The identity of a machine (MAC and UUID spellings) is machine.py's alone.
 KEY_PARSERS = machine.KEYS

@@ -17,10 +17,9 @@ import ssl
 import struct
 import sys
 import time
-import types
 from urllib.parse import urlsplit
 
-from _bootcfg import __version__
+from _bootcfg import __version__, settings
 from _bootcfg.answers import (PROTOCOL_KINDS, REASONS, Refusal, Request, parse_query,
                               printable, refused)
 from _bootcfg.guard import Connections, Cut, client_key, forwarded_host
@@ -29,74 +28,8 @@ from _bootcfg.machine import plain_address
 log = logging.getLogger("bootcfg")
 access = logging.getLogger("bootcfg.access")
 
-# Every tunable limit of the server, with why its default is safe. Read-only:
-# BootServer takes its own copy, changed by `limits=` (the CLI's flags).
-LIMITS = types.MappingProxyType({
-    # Seconds a connection may sit idle (or stall mid-request) before it is closed
-    # (-idle-timeout). iPXE reuses a connection within milliseconds between script,
-    # kernel and initrd; 30 s is generous for that and still frees threads of dead
-    # clients.
-    "idle_timeout": 30.0,
-    # Seconds from the first byte of a request head (or the start of the TLS
-    # handshake) until the whole head must have arrived (-header-timeout; 0: off).
-    # A boot loader sends its head in one packet; 10 s covers a lossy link, and a
-    # client trickling a byte at a time can no longer hold a thread for ever
-    # (the idle limit applies per recv, which a trickle never trips).
-    "header_timeout": 10.0,
-    # Connections one client (an IPv4 address, an IPv6 /64) may hold at once
-    # (-max-connections-per-client; 0: no cap). A booting machine uses one to
-    # three; past the cap that client's own oldest connection still waiting for a
-    # request head makes room, so one host can never fill max_connections and push
-    # everyone else out. Trusted proxies (-trusted-proxies) are exempt.
-    "max_connections_per_client": 64,
-    # Connections served at once by one process, one thread each
-    # (-max-connections). A boot storm of a few racks is a few hundred; past this a
-    # client gets an immediate 503 rather than the server growing threads without
-    # bound.
-    "max_connections": 1024,
-    # Listen backlog: a rack powering on at once connects in the same millisecond,
-    # and a connection that finds the backlog full has its SYN dropped and retried
-    # by the client a whole second later (seen: 500 connections took 3 s at 128,
-    # 0.05 s at 1024). Linux caps it at net.core.somaxconn (4096 since 5.4).
-    "listen_backlog": 1024,
-    # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
-    "stop_grace": 5.0,
-    # -workers N: a worker that dies sooner than this after it started counts as
-    # crashing; each such death in a row doubles its restart delay (from
-    # `restart_delay` up to `restart_delay_max`), so a crash loop costs little CPU.
-    # The first death is replaced at once: one crash is not a loop.
-    "worker_min_uptime": 10.0,
-    "restart_delay": 0.25,
-    "restart_delay_max": 8.0,
-    # When every worker has crashed this many times in a row, the master exits 1
-    # and leaves restarting to systemd's Restart= (whose own limits then apply).
-    "worker_crash_limit": 5,
-    # TFTP (-tftp-address): transfers at once, a thread and a UDP port each; a boot
-    # storm of Secure Boot machines fetches shim, GRUB, kernel and initrd each.
-    # Past it a client gets a TFTP error and retries.
-    "tftp_transfers": 256,
-    # TFTP transfers one client address may run at once
-    # (-tftp-transfers-per-client; 0: no cap): shim, GRUB, kernel and initrd are
-    # fetched one after another, so 8 leaves room for retries and still keeps one
-    # host from taking all 256 slots.
-    "tftp_transfers_per_client": 8,
-    # Seconds before an unacknowledged block is sent again (a client may ask for
-    # another with the timeout option), and how often before the transfer is given
-    # up and its slot freed: a vanished client costs at most ~6 s.
-    "tftp_timeout": 1.0,
-    "tftp_retries": 5,
-    # Largest block and window granted: a 1468-byte block fits an Ethernet frame,
-    # bigger ones travel as IP fragments; GRUB asks for 1024, OVMF for 1468.
-    "tftp_max_blksize": 65464,
-    "tftp_max_windowsize": 64,
-    # Seconds /status waits for the peers' records (-peers), asked in parallel: a
-    # replica on the same network answers in milliseconds; a dead one must not
-    # hold the page for longer than an operator waits for it.
-    "peer_timeout": 2.0,
-    # Machines /status keeps a record of (the least recently seen are dropped): a
-    # record is a few KiB, so the default costs tens of MiB at most.
-    "status_machines": 10000,
-})
+# The limits' defaults (and the reason for each) are the settings table's.
+LIMITS = settings.LIMITS
 
 # Status lines, and the Server and Date lines (Date changes once a second, so
 # both are formatted once a second): most of every answer's head.

@@ -21,7 +21,7 @@ import time
 
 from _bootcfg.answers import Refusal, Request, parse_query, printable, refused
 from _bootcfg.guard import Throttled
-from _bootcfg.server import LIMITS
+from _bootcfg.settings import LIMITS
 
 log = logging.getLogger("bootcfg")
 access = logging.getLogger("bootcfg.access")

@@ -230,6 +230,39 @@ def test_every_flag_is_in_the_flag_table_with_its_variable():
         assert flag in help_text, "docs/operating.md lists %s, which --help does not" % flag
 
 
+def test_settings_table_is_generated_from_the_settings():
+    """docs/operating.md's table is settings.markdown(), byte for byte
+    (scripts/update-settings-doc rewrites it)."""
+    from _bootcfg import settings
+    page = open(os.path.join(ROOT, "docs", "operating.md")).read()
+    start = page.index("\n", page.index("<!-- settings: generated")) + 1
+    assert page[start:page.index("<!-- settings: end -->")] == settings.markdown(), \
+        "docs/operating.md is stale: run python3 scripts/update-settings-doc"
+
+
+def test_every_setting_reaches_flag_and_variable(monkeypatch):
+    """Each setting is a flag of every command in its scope, read from its
+    variable, with its default otherwise."""
+    import bootcfg
+    from _bootcfg import settings
+    for s in settings.SETTINGS:
+        for command in s.scope:
+            args = bootcfg.build_parser(command).parse_args([])
+            assert getattr(args, s.name) == s.default, (command, s.name)
+    for s in settings.SETTINGS:
+        if s.type is settings.positive_int or s.type is settings.whole_number:
+            value, expected = "7", 7
+        elif s.type in (settings.positive_seconds, settings.seconds_or_off):
+            value, expected = "0.5", 0.5
+        else:
+            continue
+        parser = bootcfg.build_parser(s.scope[0])
+        assert getattr(parser.parse_args([s.flag, value]), s.name) == expected
+        monkeypatch.setenv(s.variable, value)
+        assert getattr(bootcfg.build_parser(s.scope[0]).parse_args([]), s.name) == expected
+        monkeypatch.delenv(s.variable)
+
+
 def slug(heading):
     """GitHub's anchor for a heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import bootcfg
+from _bootcfg import settings
 from _bootcfg.guard import Proxies, client_key
 from helpers import read_head, read_to_close, write
 
@@ -258,7 +259,7 @@ def test_at_max_connections_with_nobody_idle_a_client_gets_503(serve, data_dir):
     ("127.0.0.2", "", "127.0.0.2"),
 ])
 def test_the_client_behind_trusted_proxies(peer, forwarded, client):
-    proxies = Proxies(bootcfg.networks("127.0.0.0/29"))       # as -trusted-proxies reads it
+    proxies = Proxies(settings.networks("127.0.0.0/29"))       # as -trusted-proxies reads it
     assert proxies.client(peer, forwarded) == client
 
 

@@ -135,7 +135,7 @@ def test_slow_clients_do_not_block_new_ones(hostile):
         print("new client served in %.3fs beside 500 slow ones" % (time.monotonic() - started))
         threads = int(re.search(r"Threads:\s+(\d+)", open(
             "/proc/%d/status" % hostile.pid).read()).group(1))
-        from _bootcfg.server import LIMITS
+        from _bootcfg.settings import LIMITS
         assert threads <= LIMITS["max_connections"] + 10
     finally:
         stop.set()
