@@ -83,7 +83,7 @@ class Response:
     shared, none or invalid."""
 
     __slots__ = ("status", "body", "file", "headers", "length", "matched", "machine",
-                 "route", "expects", "problem", "lookup")
+                 "route", "step", "expects", "problem", "lookup")
 
     def __init__(self, status=200, body=b"", content_type="text/plain; charset=utf-8",
                  headers=(), file=None, matched="", machine=("", ""), lookup=None):
@@ -94,6 +94,7 @@ class Response:
         self.machine = machine      # (uuid, mac), canonical or ""
         self.lookup = lookup
         self.route = "other"
+        self.step = ""              # what /status records of it (the route's `records`)
         self.expects = ()           # boot scripts: the steps this boot should take next
         self.problem = ""
 

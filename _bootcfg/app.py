@@ -13,6 +13,7 @@ and `connection(delta)` (a connection opened or closed).
 
 import functools
 import ipaddress
+from typing import NamedTuple
 import json
 import logging
 import os
@@ -29,7 +30,58 @@ from _bootcfg.status import Tracker
 log = logging.getLogger("bootcfg")
 
 IDENTITY = ("bootcfg %s\n" % __version__).encode()
-GRUB_ROUTES = ("/grub", "/grub/grub.cfg")      # over HTTP; TFTP errors are error packets
+
+
+class Route(NamedTuple):
+    """One endpoint and its policy. `kind`: chainload, boot script, config, file,
+    admin page or service. `access`: who may call it: open, machine token, admin
+    read (-admin-allow), admin write. `bound`: with -bind-configs only the
+    machine holding the client's address gets the answer. `records`: what
+    /status records of it (chain, script, config, file, or nothing). `speaks`:
+    grub when GRUB runs the body, so errors must be GRUB commands. `prefix`: the
+    path is a prefix. `tftp`: its name over TFTP. `arg`: given to the handler."""
+    path: str
+    handler: str
+    kind: str
+    access: str = "open"
+    bound: bool = False
+    records: str = ""
+    speaks: str = "text"
+    prefix: bool = False
+    tftp: str = ""
+    arg: str = ""
+
+
+# Every endpoint. A new one is one line here (and its handler, a method of App).
+ROUTES = (
+    Route("/", "identity", "service"),
+    Route("/healthz", "healthz", "service"),
+    Route("/boot.ipxe", "chainload", "chainload", records="chain", tftp="boot.ipxe"),
+    # old dnsmasq proxy-DHCP appends ".0"
+    Route("/boot.ipxe.0", "chainload", "chainload", records="chain"),
+    Route("/ipxe", "ipxe", "boot script", records="script", tftp="ipxe"),
+    Route("/pixiecore/v1/boot/", "pixiecore", "boot script", records="script", prefix=True),
+    Route("/grub", "grub", "boot script", records="script", speaks="grub", tftp="grub"),
+    Route("/grub/grub.cfg", "grub_first", "chainload", records="chain", speaks="grub",
+          tftp="grub/grub.cfg"),
+    Route("/cloud", "config", "config", bound=True, records="config", arg="cloud"),
+    Route("/ignition", "config", "config", bound=True, records="config", arg="ignition"),
+    Route("/generic", "config", "config", bound=True, records="config", arg="generic"),
+    Route("/metadata", "config", "config", bound=True, records="config", arg="metadata"),
+    Route("/ignition/shared/", "ignition_shared", "config", bound=True, records="config",
+          prefix=True),
+    Route("/images/", "image", "file", records="file", prefix=True),
+    Route("/assets/", "image", "file", records="file", prefix=True),   # matchbox's name
+    Route("/metrics", "metrics_page", "admin page", access="admin read"),
+    Route("/status", "status_html", "admin page", access="admin read"),
+    Route("/status.json", "status_json", "admin page", access="admin read"),
+)
+# Image files over TFTP: whatever name no route has (<file> or images/<file>).
+TFTP_IMAGES = Route("tftp:images", "tftp_image", "file", records="file")
+NO_ROUTE = Route("other", "no_route", "service")
+# What /status records of each route's answers, by route name (HTTP and TFTP).
+STEPS = dict([(r.path, r.records) for r in ROUTES + (TFTP_IMAGES,) if r.records] +
+             [("tftp:" + r.tftp, r.records) for r in ROUTES if r.tftp and r.records])
 # Machine facts a GRUB or iPXE query may carry, besides uuid and mac.
 FACTS = ("hostname", "serial", "domain", "arch", "platform")
 
@@ -70,49 +122,35 @@ class App:
         self.bindings = bindings
         self.stopping = False       # set on SIGTERM: /healthz answers 503
         self.peers, self.replica, self.peer_timeout = list(peers), replica, peer_timeout
-        # Exact paths, then prefixes. A new endpoint is one line here.
-        self.routes = {
-            "/": self.identity,
-            "/healthz": self.healthz,
-            "/boot.ipxe": self.chainload,
-            "/boot.ipxe.0": self.chainload,     # old dnsmasq proxy-DHCP appends ".0"
-            "/ipxe": self.ipxe,
-            "/cloud": self.cloud,
-            "/ignition": self.ignition,
-            "/generic": self.generic,
-            "/metadata": self.metadata,
-            "/grub": self.grub,
-            "/grub/grub.cfg": self.grub_first,
-            "/metrics": self.metrics_page,
-            "/status": self.status_html,
-            "/status.json": self.status_json,
-        }
-        # TFTP names (`-tftp-address`): bootcfg's own answers, then image files as
-        # <file> (shim asks for grubx64.efi beside itself) or images/<file>.
-        self.tftp_routes = {
-            "grub/grub.cfg": self.grub_first,
-            "grub": self.grub,
-            "boot.ipxe": self.chainload,
-            "ipxe": self.ipxe,
-        }
-        self.prefix_routes = (
-            ("/pixiecore/v1/boot/", self.pixiecore),
-            ("/ignition/shared/", self.ignition_shared),
-            ("/images/", self.image),
-            ("/assets/", self.image),           # matchbox's name for the same files
-        )
+        self.routes, self.prefix_routes, self.tftp_routes = {}, [], {}
+        for route in ROUTES:
+            self.add_route(route)
+
+    def add_route(self, route, handler=None):
+        """Serve `route` with `handler` (default: the method it names; with
+        route.arg, called as handler(req, arg))."""
+        if handler is None:
+            handler = getattr(self, route.handler)
+            if route.arg:
+                handler = functools.partial(handler, kind=route.arg)
+        if route.prefix:
+            self.prefix_routes = [(r, h) for r, h in self.prefix_routes
+                                  if r.path != route.path] + [(route, handler)]
+        else:
+            self.routes[route.path] = (route, handler)
+        if route.tftp:
+            self.tftp_routes[route.tftp] = (route._replace(path="tftp:" + route.tftp),
+                                            handler)
 
     # ------------------------------------------------------------ the seam
 
     def __call__(self, req):
         """The answer to one request; the route's name is on it for /metrics."""
         route, handler = self.find_route(req.path)
-        if handler is None:
-            handler = self.no_route
-        elif route in ADMIN_ROUTES and not self.admin_allowed(req.client):
+        if route.access == "admin read" and not self.admin_allowed(req.client):
             handler = self.not_admin
         resp = self.answer(route, handler, req)
-        if resp.status >= 400 and route in GRUB_ROUTES:
+        if resp.status >= 400 and route.speaks == "grub":
             # GRUB runs any body it gets as a script: make the error one it shows.
             resp.body = render.grub_echo(resp.body.decode("utf-8", "replace"))
             resp.length = len(resp.body)
@@ -120,11 +158,10 @@ class App:
 
     def tftp(self, req):
         """The answer to a TFTP read request (`req.path` is the file name without
-        leading slashes, `req.method` "RRQ"); the route is named tftp:<name>."""
-        handler = self.tftp_routes.get(req.path)
-        if handler is None:
-            return self.answer("tftp:images", self.tftp_image, req)
-        return self.answer("tftp:" + req.path, handler, req)
+        leading slashes, `req.method` "RRQ"); the route is named tftp:<name>.
+        Over TFTP an error is an error packet, never a script."""
+        route, handler = self.tftp_routes.get(req.path) or (TFTP_IMAGES, self.tftp_image)
+        return self.answer(route, handler, req)
 
     def answer(self, route, handler, req):
         """handler(req), with every failure made a status: the one place."""
@@ -136,7 +173,8 @@ class App:
             log.exception("internal error on %s %s", req.method, printable(req.path, 200))
             resp = refused(Refusal("internal",
                                    "internal error; the server log has the traceback"))
-        resp.route = route
+        resp.route = route.path
+        resp.step = route.records
         return resp
 
     def no_route(self, req):
@@ -166,21 +204,23 @@ class App:
         raise first or Refusal("not found", "no such file")
 
     def find_route(self, path):
-        """(route name, handler); the name is the route's path or prefix, "other"
-        with handler None when nothing matches."""
-        handler = self.routes.get(path)
-        if handler is not None:
-            return path, handler
-        for prefix, candidate in self.prefix_routes:
-            if path.startswith(prefix):
-                return prefix, candidate
-        return "other", None
+        """(Route, handler): an exact path, else the first prefix; NO_ROUTE and
+        no_route when nothing matches."""
+        found = self.routes.get(path)
+        if found is not None:
+            return found
+        for route, handler in self.prefix_routes:
+            if path.startswith(route.path):
+                return route, handler
+        return NO_ROUTE, self.no_route
 
     def record(self, resp, sent, req=None, ms=0.0):
         """An answer went out (`sent` body bytes, -1 when the client went away)
         for `req` (None for what the server refused before parsing a request)."""
         self.metrics.request(resp.route, resp.status, sent, resp.lookup)
-        self.tracker.observe(resp.route, req, resp, sent, ms, resp.expects, resp.problem)
+        if resp.step:
+            self.tracker.observe(resp.step, resp.route, req, resp, sent, ms, resp.expects,
+                                 resp.problem)
 
     def admin_allowed(self, client):
         if self.admin_allow is None:
@@ -225,38 +265,24 @@ class App:
         resp.expects = expected_steps(match.value, req)
         return resp
 
-    def cloud(self, req):
-        labels, machine = self.config_labels(req)
-        match = self.bound(self.lookup("cloud", labels), labels)
-        body = match.value
-        if match.group is not None:
-            body = self.fill("cloud", match, labels, req)
-        return Response(body=body, matched=matched_text(match), machine=machine,
-                        lookup=("cloud", match.how))
-
-    def ignition(self, req):
-        labels, machine = self.config_labels(req)
-        match = self.bound(self.lookup("ignition", labels), labels)
-        cfg = match.value
-        if isinstance(cfg, ignition.IgnitionTemplate):
-            cfg = self.fill("ignition", match, labels, req)
-        return Response(body=cfg.data, content_type=ignition.CONTENT_TYPE,
-                        matched=matched_text(match), machine=machine,
-                        lookup=("ignition", match.how))
-
-    def generic(self, req):
-        labels, machine = self.config_labels(req)
-        match = self.bound(self.lookup("generic", labels), labels)
-        return Response(body=self.fill("generic", match, labels, req),
-                        matched=matched_text(match), machine=machine,
-                        lookup=("generic", match.how))
-
-    def metadata(self, req):
-        labels, machine = self.config_labels(req)
-        match = self.bound(self.lookup("metadata", labels), labels)
-        values = groups.variables(match.group, labels, req.raw_query)
-        return Response(body=groups.env_lines(values), matched=matched_text(match),
-                        machine=machine, lookup=("metadata", match.how))
+    def config(self, req, kind):
+        """/cloud, /ignition, /generic and /metadata: select, bind, fill, answer."""
+        labels, machine_keys = self.config_labels(req)
+        match = self.bound(self.lookup(kind, labels), labels)
+        content_type = "text/plain; charset=utf-8"
+        if kind == "metadata":
+            body = groups.env_lines(groups.variables(match.group, labels, req.raw_query))
+        elif kind == "ignition":
+            cfg = match.value
+            if isinstance(cfg, ignition.IgnitionTemplate):
+                cfg = self.fill(kind, match, labels, req)
+            body, content_type = cfg.data, ignition.CONTENT_TYPE
+        elif kind == "cloud" and match.group is None:
+            body = match.value          # a seed cloud-config: served as it is
+        else:
+            body = self.fill(kind, match, labels, req)
+        return Response(body=body, content_type=content_type, matched=matched_text(match),
+                        machine=machine_keys, lookup=(kind, match.how))
 
     # ------------------------------------------------------------ -bind-configs
 
@@ -283,19 +309,18 @@ class App:
         return labels, machine
 
     def bound(self, match, labels):
-        """`match` itself, unless -bind-configs is on and it selects by UUID alone:
-        a UUID is not in any lease, so nothing ties it to the client (403)."""
+        """`match` itself, unless -bind-configs is on and bind_policy refuses the
+        keys that selected it (403)."""
         if self.bindings is None:
             return match
-        if match.group is not None:
-            keys = {name for name, _ in match.group.selector}
-            uuid_only = "uuid" in keys and "mac" not in keys
-        else:
-            uuid_only = match.how == "uuid"
-        if uuid_only:
-            raise self.unbound("uuid_only", "%s is selected by UUID alone, which no DHCP "
-                               "lease names; with -bind-configs select it by mac"
-                               % match.path, ("", labels["mac"]), matched_text(match))
+        keys = {name for name, _ in match.group.selector} if match.group is not None \
+            else {match.how}
+        refusal = bind_policy(keys)
+        if refusal is not None:
+            reason, why = refusal
+            raise self.unbound(reason, "%s is %s; with -bind-configs select it by mac"
+                               % (match.path, why), ("", labels["mac"]),
+                               matched_text(match))
         return match
 
     def unbound(self, reason, message, machine, matched=""):
@@ -500,7 +525,17 @@ def _filled_ignition(tpl, values_json):
     return ignition.parse_ignition(tpl.render(json.loads(values_json)))
 
 
-ADMIN_ROUTES = ("/status", "/status.json", "/metrics")
+def bind_policy(keys):
+    """The one rule of -bind-configs for a config selected by the label names
+    `keys` (a group's selector, or a seed file's "uuid"/"mac"/"default"): None
+    when the lease holder may have it, else (reason, why). A UUID is in no
+    lease, so nothing ties a config selected by UUID alone to the client. The
+    server (App.bound) and `check -bind-configs` both ask it."""
+    if "uuid" in keys and "mac" not in keys:
+        return "uuid_only", "selected by UUID alone, which no DHCP lease names"
+    return None
+
+
 CONFIG_URLS = {"cloud-config-url": ("cloud-config", "/cloud"),
                "ignition.config.url": ("ignition", "/ignition"),
                "flatcar.config.url": ("ignition", "/ignition"),

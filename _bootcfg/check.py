@@ -19,6 +19,7 @@ import render
 import store
 from _bootcfg import groups, ignition, images, template
 from _bootcfg.answers import Refusal
+from _bootcfg.app import bind_policy
 
 KNOWN = {"uuid", "mac", "default"}
 
@@ -93,7 +94,7 @@ def check(app, bound=False):
             for key in sorted(keys):
                 found += check_file(kind, os.path.join(how_dir, keys[key]), images_root,
                                     shared_dir)
-                if bound and how == "uuid" and kind != "boot":
+                if bound and kind != "boot" and bind_policy({how}) is not None:
                     found.append(Finding(os.path.join(how_dir, keys[key]), None, None,
                                          "warning", UNBINDABLE))
     return sorted(found, key=lambda f: (f.path, f.line or 0, f.col or 0))
@@ -157,8 +158,8 @@ def check_groups(fs, images_root, bound=False):
             continue
         profile = profiles[group.profile]
         keys = {name for name, _ in group.selector}
-        if bound and profile is not None and profile.files and "uuid" in keys and \
-                "mac" not in keys:
+        if bound and profile is not None and profile.files and \
+                bind_policy(keys) is not None:
             found.append(Finding(path, None, None, "warning", "its %s: %s" % (
                 " and ".join(kind for kind, _ in profile.files), UNBINDABLE)))
         for kind, file_name in profile.files if profile is not None else ():

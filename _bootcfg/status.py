@@ -25,16 +25,6 @@ import time
 from _bootcfg.answers import printable
 from _bootcfg.machine import record_key
 
-# Routes whose answers are boot steps, by kind.
-KINDS = {
-    "/boot.ipxe": "chain", "/boot.ipxe.0": "chain", "/grub/grub.cfg": "chain",
-    "tftp:grub/grub.cfg": "chain", "tftp:boot.ipxe": "chain",
-    "/ipxe": "script", "/pixiecore/v1/boot/": "script", "/grub": "script",
-    "tftp:grub": "script", "tftp:ipxe": "script",
-    "/cloud": "config", "/ignition": "config", "/ignition/shared/": "config",
-    "/generic": "config", "/metadata": "config",
-    "/images/": "file", "/assets/": "file", "tftp:images": "file",
-}
 STATES = ("booting", "handed off", "stuck", "failed")
 _FIELDS = ("t", "kind", "route", "client", "uuid", "mac", "hostname", "serial", "arch",
            "platform", "status", "file", "path", "sent", "total", "ms", "expects", "problem")
@@ -78,10 +68,10 @@ class Tracker:
 
     # ------------------------------------------------------------ writing
 
-    def observe(self, route, req, resp, sent, ms, expects=(), problem=""):
-        """Record one answer, if it is a boot step (cheap otherwise)."""
-        kind = KINDS.get(route)
-        if kind is None or req is None:
+    def observe(self, kind, route, req, resp, sent, ms, expects=(), problem=""):
+        """Record one answer that is a boot step: `kind` is what its route
+        records (app.Route.records: chain, script, config or file)."""
+        if req is None:
             return
         get = req.query.get
         uuid, mac = resp.machine if resp.machine else ("", "")

@@ -469,6 +469,7 @@ def memory_and_startup(work):
 STATUS_MEMORY = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
+from _bootcfg.app import STEPS
 from _bootcfg.answers import Request, Response
 from _bootcfg.shared import Shared
 from _bootcfg.status import Tracker
@@ -494,7 +495,7 @@ for i in range(100000):
                         ("cloud-config", "/cloud")) if route == "/ipxe" else ()
         req = Request("GET", path, {}, {}, client)
         begun = time.perf_counter()
-        t.observe(route, req, resp, 100, 0.1, resp.expects)
+        t.observe(STEPS[route], route, req, resp, 100, 0.1, resp.expects)
         recording += time.perf_counter() - begun
     if i % 5000 == 4999:
         t.view()

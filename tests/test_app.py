@@ -5,7 +5,7 @@ the server calls it."""
 import pytest
 
 from _bootcfg.answers import Request, Response
-from _bootcfg.app import App
+from _bootcfg.app import ROUTES, App, Route
 from _bootcfg.server import split_target
 from helpers import MAC1, UUID1
 from render import BootConfig
@@ -102,7 +102,7 @@ def test_internal_error_is_500_not_a_crash():
 
     def boom(req):
         raise RuntimeError("bug")
-    app.routes["/"] = boom
+    app.add_route(Route("/", "identity", "service"), boom)
     resp, _ = run("/", app=app)
     assert resp.status == 500 and b"Traceback" not in resp.body and resp.route == "/"
 
@@ -128,8 +128,21 @@ def test_metrics_through_the_app_count_what_the_server_records():
 
 def test_a_new_endpoint_is_one_route_entry():
     app = App(FakeStore("match"))
-    app.routes["/hello"] = lambda req: Response(body=b"hi\n")
+    app.add_route(Route("/hello", "identity", "service"), lambda req: Response(body=b"hi\n"))
     assert run("/hello", app=app)[0].body == b"hi\n"
+
+
+def test_every_route_says_its_kind_access_binding_and_step():
+    kinds = {"chainload", "boot script", "config", "file", "admin page", "service"}
+    for route in ROUTES:
+        assert route.kind in kinds and route.access in (
+            "open", "machine token", "admin read", "admin write"), route
+        assert route.bound == (route.kind == "config"), route
+        assert bool(route.records) == (route.kind in ("chainload", "boot script", "config",
+                                                      "file")), route
+    admin = {r.path for r in ROUTES if r.access == "admin read"}
+    assert admin == {"/status", "/status.json", "/metrics"}
+    assert {r.path for r in ROUTES if r.speaks == "grub"} == {"/grub", "/grub/grub.cfg"}
 
 
 @pytest.mark.parametrize("target, path, query", [

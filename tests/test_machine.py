@@ -70,7 +70,7 @@ def _status_key(app, query):
     tracker = Tracker()
     req = Request("GET", "/ipxe", query, {}, "10.0.0.9", ("10.0.0.1", 8080), "")
     resp = app(req)
-    tracker.observe("/ipxe", req, resp, resp.length, 1.0)
+    tracker.observe("script", "/ipxe", req, resp, resp.length, 1.0)
     keys = [r["key"] for r in tracker.view()]
     return keys[0] if keys and keys[0] != "10.0.0.9" else None
 

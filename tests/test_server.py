@@ -10,7 +10,7 @@ import pytest
 
 from _bootcfg import server
 from _bootcfg.answers import Response
-from _bootcfg.app import App, make_store
+from _bootcfg.app import App, Route, make_store
 from helpers import read_head, settle, write
 
 
@@ -141,7 +141,7 @@ def test_stop_lets_in_flight_requests_finish(serve, data_dir):
         return Response(body=b"finished\n")
 
     app = App(make_store(str(data_dir)))
-    app.routes["/slow"] = slow
+    app.add_route(Route("/slow", "identity", "service"), slow)
     srv = serve(app)
     result = {}
 

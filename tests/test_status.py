@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from _bootcfg.app import STEPS
 from _bootcfg.answers import Request, Response
 from _bootcfg.shared import Shared
 from _bootcfg.status import Tracker
@@ -197,7 +198,7 @@ def test_records_are_bounded_with_100000_machines(shared):
         mac = "52:54:%02x:%02x:%02x:%02x" % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255,
                                             i & 255)
         resp.machine = ("", mac)
-        t.observe("/ipxe", Request("GET", "/ipxe", {}, {}, "10.%d.%d.%d" % (
+        t.observe("script", "/ipxe", Request("GET", "/ipxe", {}, {}, "10.%d.%d.%d" % (
             i >> 16 & 255, i >> 8 & 255, i & 255)), resp, 100, 0.1)
         if i % 2000 == 1999:
             t.view()
@@ -237,7 +238,8 @@ def replay(tracker, steps, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: next(clock))
     for route, path, query, status, machine, matched, expects, sent, problem in steps:
         resp = Response(status, body=b"x" * max(sent, 1), matched=matched, machine=machine)
-        tracker.observe(route, Request("GET", path, query, {}, "127.0.0.9"), resp, sent,
+        tracker.observe(STEPS[route], route, Request("GET", path, query, {}, "127.0.0.9"),
+                        resp, sent,
                         1.25, expects, problem)
     monkeypatch.undo()
     return tracker.view()
