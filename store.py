@@ -15,24 +15,23 @@ the kind answers "no match": never a weaker candidate. Groups are indexed by the
 mac and uuid they select, so a lookup costs the same with 10 or 100,000 of them. Each
 uuid/ and mac/ directory has an in-memory index from canonical key to file name,
 rebuilt only when the directory changes, so a lookup costs a few stat() calls
-whatever the number of machines. File contents are cached by (inode, size, mtime,
-ctime); a file that is still being written or fails to parse is never served: the
-last good version is, and the error is logged once per change of the file.
+whatever the number of machines.
 
-No HTTP in here. The store is given one parse function per kind.
+Reading files (the cache, the settle and last-good rule, watching directories,
+the clock) is _bootcfg/files.py's; this module is selection. No HTTP in here.
+The store is given one parse function per kind.
 """
 
-import collections
-import errno
 import logging
 import os
-import stat
 import threading
-import time
 from typing import NamedTuple, Optional, Tuple
-from urllib.parse import unquote
 
 from _bootcfg import machine, settings
+from _bootcfg.files import SYSTEM_CLOCK, Files, LoadError, read_whole, signature
+
+__all__ = ["FileStore", "LoadError", "Lookup", "Match", "Step", "Candidate", "read_whole",
+           "KINDS", "GROUP_KINDS", "STORE_LIMITS", "groups_key"]
 
 log = logging.getLogger("bootcfg.store")
 
@@ -45,14 +44,6 @@ STORE_LIMITS = {name: settings.LIMITS[name] for name in settings.STORE_LIMIT_NAM
 
 # The identity of a machine (MAC and UUID spellings) is machine.py's alone.
 KEY_PARSERS = machine.KEYS
-
-
-class LoadError(Exception):
-    """A config file exists but cannot be used and no good version was ever read."""
-
-    def __init__(self, path, reason, line=None, col=None):
-        super().__init__("%s: %s" % (path, reason))
-        self.path, self.reason, self.line, self.col = path, reason, line, col
 
 
 class Match(NamedTuple):
@@ -103,21 +94,25 @@ class FileStore:
     """Configs under `root`. `parsers` maps kind -> function(bytes) -> value that
     raises ValueError for a file that cannot be used (None: serve bytes as-is)."""
 
-    def __init__(self, root, parsers, limits=None):
+    def __init__(self, root, parsers, limits=None, clock=SYSTEM_CLOCK):
         self.root = os.path.abspath(root)
         self.parsers = dict(parsers)
         self.limits = dict(STORE_LIMITS, **(limits or {}))
+        self.files = Files(self.root, self.limits, clock)
+        self.load = self.files.load
+        self.max_bytes = self.files.max_bytes
+        self.log_problems = self.files.log_problems
         self._indexes = {}
         for kind in self.parsers:
             for how in ("uuid", "mac"):
                 path = os.path.join(self.root, kind, how)
-                self._indexes[kind, how] = _DirIndex(path, KEY_PARSERS[how], self.limits)
-        self._cache = collections.OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()
-        self.load_errors_total = 0
+                self._indexes[kind, how] = self.files.keys(path, KEY_PARSERS[how])
         self.groups = _GroupIndex(os.path.join(self.root, "groups"),
-                                  self.parsers.get("group"), self.limits, self)
+                                  self.parsers.get("group"), self.files)
+
+    @property
+    def load_errors_total(self):
+        return self.files.load_errors_total
 
     def lookup(self, kind, uuid=None, mac=None):
         """Find the config for a machine known by `uuid` and `mac` (canonical or
@@ -247,9 +242,7 @@ class FileStore:
     def stats(self):
         """Counts for /metrics: load errors seen, files served from a last good
         copy, group files that never parsed."""
-        with self._lock:
-            stale = sum(1 for e in self._cache.values()
-                        if e.error is not None and e.good is not None)
+        stale = self.files.stale_count()
         self.groups.refresh()
         return {"load_errors_total": self.load_errors_total,
                 "stale": stale + len(self.groups.stale),
@@ -259,137 +252,6 @@ class FileStore:
         """The directory index of kind/how: canonical key -> file name, plus the
         file names that were skipped and why (for `check`)."""
         return self._indexes[kind, how].snapshot()
-
-    def load(self, rel, parse, kind="boot", key=None):
-        """(value, stale, problem) for one file. Raises FileNotFoundError when it
-        does not exist, LoadError when it never parsed. `key` names its cache
-        entry when one file is read two ways (a profile's Ignition template)."""
-        path = os.path.join(self.root, rel)
-        key = key or rel
-        entry = self._cache.get(key)
-        now = time.monotonic()
-        if entry is not None and entry.error is None and \
-                now - entry.checked < self.limits["file_check_seconds"]:
-            try:
-                self._cache.move_to_end(key)
-            except KeyError:  # dropped by another thread just now
-                pass
-            return entry.good, False, ""
-        st = os.stat(path)
-        if entry is not None and entry.sig == _signature(st):
-            entry.checked = now
-            try:
-                self._cache.move_to_end(key)
-            except KeyError:  # dropped by another thread just now
-                pass
-            return entry.result(rel)
-        return self._reload(rel, path, parse, entry, self.max_bytes(kind), key)
-
-    @staticmethod
-    def log_problems(full, entry_good):
-        for where, warning in getattr(entry_good, "warnings", ()):
-            log.warning("%s: %s: %s (served anyway)", full, where, warning,
-                        extra={"fields": {"file": full, "reason": warning}})
-
-    def max_bytes(self, kind):
-        """The largest file of `kind` the store reads."""
-        return self.limits["max_ignition_bytes" if kind == "ignition" else "max_file_bytes"]
-
-    def _reload(self, rel, path, parse, old, max_bytes, key=None):
-        settle = self.limits["settle_seconds"]
-        deadline = time.monotonic() + self.limits["settle_wait_seconds"]
-        while True:
-            try:
-                data, st = read_whole(path, max_bytes, self.limits["recheck_seconds"])
-            except OSError as e:
-                if isinstance(e, FileNotFoundError):
-                    raise
-                data, st = None, os.stat(path)
-                reason = e.strerror or str(e)
-                break
-            age = time.time() - st.st_mtime
-            if not 0 <= age < settle:
-                break
-            if old is not None and old.good is not None:
-                # Possibly half-written; the next request looks again.
-                return old.good, True, "changed %.2fs ago, may be mid-write" % age
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(settle - age)
-        if data is None:
-            value, error = None, ValueError(reason)
-        else:
-            try:
-                value, error = (parse(data) if parse else data), None
-            except ValueError as e:
-                value, error = None, e
-        good = value if error is None else (old.good if old is not None else None)
-        entry = _Entry(_signature(st), error, good, len(data or b"") + 256)
-        self._remember(rel, entry, old, key or rel)
-        return entry.result(rel)
-
-    def _remember(self, rel, entry, old, key):
-        full = os.path.join(self.root, rel)
-        with self._lock:
-            current = self._cache.pop(key, None)
-            if current is not None:
-                self._cached_bytes -= current.size
-            self._cache[key] = entry
-            self._cached_bytes += entry.size
-            if self._cached_bytes > self.limits["cache_bytes"]:
-                self._evict(keep=key)
-            if current is not None and current.sig == entry.sig:
-                return  # another thread read the same version and logged it
-        if entry.error is not None:
-            self.load_errors_total += 1
-            fields = {"file": full, "reason": str(entry.error)}
-            if entry.good is not None:
-                log.warning("%s: %s; serving its last good version until it is fixed",
-                            full, entry.error, extra={"fields": fields})
-            else:
-                log.warning("%s: %s; machines it matches get 500 until it is fixed",
-                            full, entry.error, extra={"fields": fields})
-        else:
-            self.log_problems(full, entry.good)
-        if entry.error is None and old is not None and old.error is not None:
-            log.info("%s: fixed, serving the new version", full)
-        elif entry.error is None and old is not None:
-            log.info("%s: changed, serving the new version", full)
-
-
-    def _evict(self, keep):
-        """Drop least recently used entries until the cache fits, never `keep` (just
-        read) and never a pinned one: the last good copy of a file that is now
-        unusable exists nowhere else. Called with the lock held."""
-        for rel in list(self._cache):
-            if self._cached_bytes <= self.limits["cache_bytes"]:
-                return
-            entry = self._cache[rel]
-            if rel == keep or entry.pinned:
-                continue
-            del self._cache[rel]
-            self._cached_bytes -= entry.size
-
-
-class _Entry:
-    __slots__ = ("sig", "error", "good", "size", "checked")
-
-    def __init__(self, sig, error, good, size):
-        self.sig, self.error, self.good, self.size = sig, error, good, size
-        self.checked = -1e9     # monotonic time the file was last seen unchanged
-
-    @property
-    def pinned(self):
-        return self.error is not None and self.good is not None
-
-    def result(self, rel):
-        if self.error is None:
-            return self.good, False, ""
-        if self.good is not None:
-            return self.good, True, str(self.error)
-        raise LoadError(rel, str(self.error), getattr(self.error, "line", None),
-                        getattr(self.error, "col", None))
-
 
 def groups_key(kind):
     """The profile key naming the file of `kind` (matchbox's field names)."""
@@ -410,20 +272,20 @@ class _GroupIndex:
     that never parsed is in `broken`; one served from its last good version is in
     `stale`; one still settling is looked at again on the next refresh."""
 
-    def __init__(self, path, parse, limits, fs):
-        self.path, self.parse, self.limits, self.fs = path, parse, limits, fs
+    def __init__(self, path, parse, cache):
+        self.path, self.parse, self.cache = path, parse, cache    # cache: a files.Files
+        self.limits, self.clock = cache.limits, cache.clock
+        self.watch = cache.watch(path)
         self.files = {}                 # file name -> _GroupFile
         self.broken = {}                # "groups/<name>" -> reason
         self.stale = set()              # "groups/<name>"
         self._by = {"uuid": {}, "mac": {}}
         self._general = []
         self._pending = set()
-        self._sig = None
-        self._racy = False
-        self._checked_at = self._swept_at = self._scanned_at = -1e9
+        self._swept_at = -1e9
         self._lock = threading.Lock()
         if parse is not None:
-            self._scan(self._dir_signature(), True)
+            self._scan(self.watch.signature(), True)
 
     def candidates(self, labels, everything=False):
         if self.parse is None:
@@ -446,15 +308,13 @@ class _GroupIndex:
     def refresh(self):
         if self.parse is None:
             return
-        now = time.monotonic()
-        if now - self._checked_at < self.limits["dir_check_seconds"]:
+        due = self.watch.due()
+        if due is None:
             return
-        self._checked_at = now
-        sig = self._dir_signature()
+        sig, changed = due
+        now = self.clock.monotonic()
         every = max(self.limits["group_sweep_seconds"],
                     len(self.files) * self.limits["group_sweep_us_per_file"] / 1e6)
-        changed = sig != self._sig or (self._racy and now - self._scanned_at >=
-                                       self.limits["rescan_seconds"])
         if not changed and not self._pending and now - self._swept_at < every:
             return
         if not self._lock.acquire(blocking=False):
@@ -464,16 +324,9 @@ class _GroupIndex:
         finally:
             self._lock.release()
 
-    def _dir_signature(self):
-        try:
-            st = os.stat(self.path)
-            return (st.st_ino, st.st_mtime_ns)
-        except OSError:
-            return None
-
     def _scan(self, sig, list_dir):
-        started = time.time_ns()
-        now = time.monotonic()
+        started = self.clock.time_ns()
+        now = self.clock.monotonic()
         if list_dir:
             names = []
             if sig is not None:
@@ -483,13 +336,10 @@ class _GroupIndex:
                 except OSError as e:
                     log.warning("%s: cannot list: %s", self.path, e)
                     names = list(self.files)
-            self._scanned_at = now
-            self._racy = sig is not None and \
-                started - sig[1] < self.limits["racy_seconds"] * 1e9
+            self.watch.scanned(sig, started)
         else:
             names = list(self.files)
         self._swept_at = now
-        self._sig = sig
         dirty = False
         pending = set()
         for name in set(self.files) - set(names):
@@ -513,7 +363,7 @@ class _GroupIndex:
                 del self.files[name]
                 return True
             return False
-        sig = _signature(st)
+        sig = signature(st)
         if old is not None and old.sig == sig:
             return False
         good = old.good if old is not None else None
@@ -522,27 +372,26 @@ class _GroupIndex:
         # and only then is it read again with the recheck.
         for recheck in (0.0, self.limits["recheck_seconds"]):
             try:
-                data, st = read_whole(full, self.limits["max_file_bytes"], recheck)
+                data, st = self.cache.read(full, self.limits["max_file_bytes"], recheck)
                 value, error = self.parse(data), None
                 break
             except (OSError, ValueError) as e:
                 value, error = None, getattr(e, "strerror", None) or str(e)
                 if isinstance(e, FileNotFoundError):
                     break
-        settling = 0 <= time.time() - st.st_mtime < self.limits["settle_seconds"]
-        if settling and (error is not None or good is not None):
+        if self.cache.settling(st) and (error is not None or good is not None):
             pending.add(name)       # maybe half-written: keep what we had, look again
             return False
-        self.files[name] = _GroupFile(_signature(st), value if error is None else good, error)
+        self.files[name] = _GroupFile(signature(st), value if error is None else good, error)
         if error is not None:
-            self.fs.load_errors_total += 1
+            self.cache.load_errors_total += 1
             log.warning("%s: %s; %s", full, error,
                         "serving its last good version until it is fixed" if good is not None
                         else "skipped: the machines it selects are unknown, so catch-all "
                              "answers are refused until it is fixed",
                         extra={"fields": {"file": full, "reason": error}})
         else:
-            self.fs.log_problems(full, value)
+            self.cache.log_problems(full, value)
             if old is not None:
                 log.info("%s: %s, serving the new version", full,
                          "fixed" if old.error is not None else "changed")
@@ -570,126 +419,6 @@ class _GroupIndex:
                 general.append(cand)
         general.sort(key=Candidate.rank)
         self._by, self._general, self.broken, self.stale = by, general, broken, stale
-
-
-class _DirIndex:
-    """Canonical key -> file name for one uuid/ or mac/ directory."""
-
-    def __init__(self, path, parse_key, limits):
-        self.path = path
-        self.parse_key = parse_key
-        self.limits = limits
-        self._map = {}
-        self._skipped = ()
-        self._sig = None
-        self._racy = False
-        self._checked_at = -1e9
-        self._scanned_at = 0.0
-        self._lock = threading.Lock()
-        self._reported = set()
-        self._refresh()
-
-    def get(self, key):
-        self._refresh()
-        return self._map.get(key)
-
-    def snapshot(self):
-        self._refresh()
-        return dict(self._map), self._skipped
-
-    def _refresh(self):
-        now = time.monotonic()
-        if now - self._checked_at < self.limits["dir_check_seconds"]:
-            return
-        self._checked_at = now
-        try:
-            st = os.stat(self.path)
-            sig = (st.st_ino, st.st_mtime_ns)
-        except OSError:
-            sig = None
-        if sig == self._sig and not (
-                self._racy and time.monotonic() - self._scanned_at >= self.limits["rescan_seconds"]):
-            return
-        # One thread rescans; the others keep using the index as it was a moment ago.
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            self._scan(sig)
-        finally:
-            self._lock.release()
-
-    def _scan(self, sig):
-        started = time.time_ns()
-        found, skipped = {}, []
-        try:
-            entries = list(os.scandir(self.path)) if sig is not None else []
-        except OSError as e:
-            log.warning("%s: cannot list: %s", self.path, e)
-            entries = []
-        for entry in sorted(entries, key=lambda e: e.name):
-            name = entry.name
-            if name.startswith(".") or name.endswith("~"):
-                continue  # editor and atomic-write temporaries
-            try:
-                if not entry.is_file():
-                    continue
-            except OSError:
-                continue
-            try:
-                key = self.parse_key(unquote(name))
-            except ValueError as e:
-                skipped.append((name, str(e)))
-                continue
-            if key is None:
-                skipped.append((name, "a placeholder that many machines report"))
-                continue
-            if key in found:
-                # The canonical spelling wins, else the first in sorted order.
-                keep, drop = (name, found[key]) if name == key else (found[key], name)
-                found[key] = keep
-                skipped.append((drop, "same machine as %s, which is used" % keep))
-                continue
-            found[key] = name
-        self._map = found
-        self._skipped = tuple(skipped)
-        self._sig = sig
-        self._scanned_at = time.monotonic()
-        self._racy = sig is not None and started - sig[1] < self.limits["racy_seconds"] * 1e9
-        for name, why in skipped:
-            if (name, why) not in self._reported:
-                self._reported.add((name, why))
-                log.warning("%s: ignored: %s", os.path.join(self.path, name), why)
-
-
-def _signature(st):
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def read_whole(path, max_bytes=STORE_LIMITS["max_file_bytes"], recheck=0.0):
-    """Read a whole file, again if it changed while being read or within `recheck`
-    seconds after. Raises OSError."""
-    for _ in range(20):
-        # O_NONBLOCK: a FIFO left in the data directory must not hang the reader.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-            before = os.fstat(f.fileno())
-            if not stat.S_ISREG(before.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            if before.st_size > max_bytes:
-                raise OSError(errno.EFBIG, "larger than %d bytes" % max_bytes)
-            data = f.read(max_bytes + 1)
-            after = os.fstat(f.fileno())
-            if recheck:
-                # A truncating open() changes the size before the mtime; a stat in
-                # between sees an empty file with its old time. Look once more.
-                time.sleep(recheck)
-                later = os.fstat(f.fileno())
-            else:
-                later = after
-        if _signature(before) == _signature(after) == _signature(later) and \
-                len(data) == after.st_size:
-            return data, after
-        time.sleep(0.01)
-    raise OSError(errno.EAGAIN, "kept changing while being read")
 
 
 def _short(text, limit=64):

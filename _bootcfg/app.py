@@ -99,9 +99,12 @@ render_ipxe = functools.lru_cache(maxsize=4096)(render.render_ipxe)
 render_pixiecore = functools.lru_cache(maxsize=4096)(render.render_pixiecore)
 
 
-def make_store(data_root, limits=None):
-    """The FileStore the server, `check` and `explain` all read through."""
-    return store.FileStore(data_root, PARSERS, limits)
+def make_store(data_root, limits=None, clock=None):
+    """The FileStore the server, `check` and `explain` all read through (`clock`:
+    a files.FakeClock in tests)."""
+    if clock is None:
+        return store.FileStore(data_root, PARSERS, limits)
+    return store.FileStore(data_root, PARSERS, limits, clock)
 
 
 class App:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from _bootcfg import app as app_module, check, groups
+from _bootcfg.files import FakeClock
 from _bootcfg.answers import Request
 from helpers import boot_json, run_bootcfg, settle, write
 
@@ -49,7 +50,13 @@ def tree(root, groups_=(), seeds=(), profiles=PROFILES):
         write(os.path.join(root, rel), boot_json(tag=rel) if kind == "boot" else
               "#cloud-config\nseed: %s\n" % rel)
     settle(root)
-    return app_module.make_store(root)
+    return app_module.make_store(root, clock=FakeClock())
+
+
+def look_again(fs, sweep=False):
+    """Move the store's clock past its directory check (and, with `sweep`, the
+    group sweep): the next lookup looks at groups/ again."""
+    fs.files.clock.advance(1.1 if sweep else 0.11)
 
 
 def winner(fs, kind, labels):
@@ -145,14 +152,14 @@ def test_a_broken_group_file_turns_catch_alls_into_500_and_spares_specific_match
     fs = tree(root, [("node.json", {"mac": MAC_A}), ("fleet.json", {})], ["boot/default"])
     write(os.path.join(root, "groups", "meant-for-b.json"), '{"profile": "x", "selector": {')
     settle(root)
-    fs.groups._checked_at = -1e9
+    look_again(fs)
     assert winner(fs, "boot", {"mac": MAC_A}) == "groups/node.json"
     found = fs.select("boot", {"mac": MAC_B})
     assert found.error is not None and found.error.path == "groups/meant-for-b.json"
     assert "groups/fleet.json would answer" in found.error.reason
     assert fs.stats()["groups_invalid"] == 1
     os.unlink(os.path.join(root, "groups", "fleet.json"))
-    fs.groups._checked_at = -1e9
+    look_again(fs)
     found = fs.select("boot", {"mac": MAC_B})
     assert found.error is not None and "boot/default would answer" in found.error.reason
 
@@ -166,20 +173,20 @@ def test_group_edits_while_running(tmp_path):
         f.write(json.dumps({"profile": "node", "selector": {"mac": MAC_B}}))
     old = time.time() - 5
     os.utime(path, (old, old))
-    fs.groups._checked_at = fs.groups._swept_at = -1e9
+    look_again(fs, sweep=True)
     assert winner(fs, "boot", {"mac": MAC_B}) == "groups/node.json"
     assert winner(fs, "boot", {"mac": MAC_A}) == "boot/default"
     # broken after it parsed: the last good version is served
     with open(path, "w") as f:
         f.write("{oops")
     os.utime(path, (old + 1, old + 1))
-    fs.groups._checked_at = fs.groups._swept_at = -1e9
+    look_again(fs, sweep=True)
     assert winner(fs, "boot", {"mac": MAC_B}) == "groups/node.json"
     assert fs.select("boot", {"mac": MAC_B}).match.stale
     assert not fs.groups.broken
     # deleted means gone
     os.unlink(path)
-    fs.groups._checked_at = -1e9
+    look_again(fs)
     assert winner(fs, "boot", {"mac": MAC_B}) == "boot/default"
 
 
@@ -187,7 +194,7 @@ def test_a_fresh_half_written_group_is_not_broken_yet(tmp_path):
     root = str(tmp_path)
     fs = tree(root, [], ["boot/default"])
     write(os.path.join(root, "groups", "new.json"), '{"profile": "node", "sel')
-    fs.groups._checked_at = -1e9
+    look_again(fs)
     assert winner(fs, "boot", {"mac": MAC_B}) == "boot/default"
     assert not fs.groups.broken
 

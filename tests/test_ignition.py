@@ -231,7 +231,7 @@ def test_cache_keeps_the_only_last_good_copy(tmp_path):
             assert s.lookup("ignition", None, "52:54:00:00:00:%02x" % i).match
     m = s.lookup("ignition", None, "52:54:00:00:00:00").match
     assert m is not None and m.stale and m.value.data == GOOD.replace("web", "m0").encode()
-    assert s._cached_bytes <= 3000 + 2 * 600      # bounded but for the pinned copy
+    assert s.files._cached_bytes <= 3000 + 2 * 600      # bounded but for the pinned copy
 
 
 # ---------------------------------------------------------------- check, explain

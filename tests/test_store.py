@@ -243,7 +243,7 @@ def test_small_cache_still_correct(tmp_path):
         for i in range(50):
             assert s.lookup("cloud", None, "52:54:00:00:00:%02x" % i).match.value == \
                 ("m%d" % i * 100).encode()
-    assert s._cached_bytes <= 2000 + 600
+    assert s.files._cached_bytes <= 2000 + 600
 
 
 def test_fifo_and_directory_do_not_hang(tmp_path):
