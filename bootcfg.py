@@ -335,6 +335,7 @@ def run(servers, announce, ready=None):
     servers[0].serve_forever(poll_interval=0.05)
     for srv in servers:
         srv.stop()
+    servers[0].app.close()
 
 
 def tool_app(command, argv):

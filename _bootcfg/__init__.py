@@ -3,11 +3,15 @@
 The user's card names three top-level modules (bootcfg.py, the CLI; store.py;
 render.py); the rest lives here, under a name no other distribution uses:
 
+    machine.py   a machine's identity: MAC, UUID and client address spellings
+    settings.py  every setting once (flags, BOOTCFG_*, --help, docs) and LIMITS
+    files.py     the cached view of files and directories, one clock
     answers.py   Request, Response, Refusal and the one table of statuses
-    app.py       App: the route table, the handlers, the store and counters
-    server.py    the HTTP server (knows an app, never a config) and its LIMITS
+    app.py       App and ROUTES: every endpoint with its policy, the handlers
+    server.py    the HTTP server (knows an app, never a config)
     guard.py     per-client connection caps, idle eviction, trusted proxies
     leases.py    -bind-configs: which MAC holds which address (lease files, neighbors)
+    fleet.py     -peers: the merged /status of several replicas
     workers.py   -workers N: a master that starts, reaps and replaces workers
     shared.py    memory all workers share (counters, boot events)
     tftp.py      the read-only TFTP server

@@ -180,6 +180,14 @@ class App:
         resp.step = route.records
         return resp
 
+    def close(self):
+        """Stop every thread the app started (status flush, metrics publishing,
+        lease files followed); the server calls it once it has stopped."""
+        self.tracker.close()
+        self.metrics.close()
+        if self.bindings is not None:
+            self.bindings.close()
+
     def no_route(self, req):
         raise Refusal("not found", "no such endpoint: %s" % req.path[:200])
 

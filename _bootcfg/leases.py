@@ -335,9 +335,19 @@ class Bindings:
                     lease_file.path, getattr(e, "strerror", None) or e)) from None
         if self.neighbors:
             self._read_neighbors()
+        self._closed = threading.Event()
+        self._thread = None
         if follow and self.files:
-            threading.Thread(target=self._follow, args=(poll,), name="leases",
-                             daemon=True).start()
+            self._thread = threading.Thread(target=self._follow, args=(poll,), name="leases",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self):
+        """Stop following the lease files."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def describe(self):
         parts = ["%s (%s, %d leases)" % (f.path, f.format, len(f.table)) for f in self.files]
@@ -391,6 +401,5 @@ class Bindings:
                 lease_file.failing = reason
 
     def _follow(self, poll):
-        while True:
-            time.sleep(poll)
+        while not self._closed.wait(poll):
             self.refresh()

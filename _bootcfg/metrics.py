@@ -28,10 +28,21 @@ class Metrics:
         self.lookups = {}         # (kind, match) -> count
         self.cuts = {}            # reason -> connections the guard closed
         self.unbound = {}         # reason -> config requests refused by -bind-configs
+        self._closed = threading.Event()
+        self._thread = None
         if shared is not None and shared.slots > 1:
             # a replacement worker continues its slot's counts
             _add(self, shared.counters(shared.slot), connections=False)
-            threading.Thread(target=self._publish, daemon=True).start()
+            self._thread = threading.Thread(target=self._publish, name="metrics",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self):
+        """Stop the publishing thread (after one last publication)."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def snapshot(self):
         with self._lock:
@@ -45,7 +56,9 @@ class Metrics:
     def _publish(self):
         while True:
             self.shared.publish(self.snapshot())
-            time.sleep(1.0)
+            if self._closed.wait(1.0):
+                self.shared.publish(self.snapshot())
+                return
 
     def totals(self):
         """These counters plus every other worker's last published ones."""

@@ -62,9 +62,19 @@ class Tracker:
         self._positions = [0] * (shared.slots if shared is not None else 0)
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = None
         if shared is not None:
-            threading.Thread(target=self._flush_every, args=(flush_seconds,),
-                             name="status-flush", daemon=True).start()
+            self._thread = threading.Thread(target=self._flush_every, args=(flush_seconds,),
+                                            name="status-flush", daemon=True)
+            self._thread.start()
+
+    def close(self):
+        """Stop the flush thread (after one last flush)."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     # ------------------------------------------------------------ writing
 
@@ -81,9 +91,9 @@ class Tracker:
                             sent, resp.length, ms, expects, problem))   # atomic
 
     def _flush_every(self, seconds):
-        while True:
-            time.sleep(seconds)
+        while not self._closed.wait(seconds):
             self.flush()
+        self.flush()
 
     def flush(self):
         """Move the queued events to this worker's ring (with `shared`)."""

@@ -1,10 +1,75 @@
-"""Fixtures shared by every suite; the helpers they use live in helpers.py."""
+"""Fixtures shared by every suite, and the test tiers; the helpers they use live
+in helpers.py.
+
+Every test carries exactly one tier marker (a test with none or two fails):
+
+    unit   no sockets, no processes, no sleeps (python -m pytest -m unit)
+    http   a server in this process on loopback (the `serve` fixture)
+    cli    bootcfg or another program as a process
+    e2e    QEMU machines (tests/e2e)
+
+.ci/run runs the http and cli tiers again against the single-file build by
+marker. A unit test that sleeps, opens a socket or starts a process fails: wait
+for a condition, or move a files.FakeClock, instead.
+"""
+
+import os
+import socket
+import subprocess
+import time
 
 import pytest
 
-import os
-
 from helpers import UUID1, InProcessServer, ServerProcess, boot_json, settle, write
+
+TIERS = {
+    "unit": "no sockets, no processes, no sleeps",
+    "http": "an in-process server on loopback",
+    "cli": "bootcfg (or another program) as a process",
+    "e2e": "QEMU machines",
+}
+
+
+def pytest_configure(config):
+    for name, what in TIERS.items():
+        config.addinivalue_line("markers", "%s: %s" % (name, what))
+
+
+def tiers_of(item):
+    return sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+
+
+def pytest_runtest_setup(item):
+    tiers = tiers_of(item)
+    if len(tiers) != 1:
+        pytest.fail("%s carries %s; every test carries exactly one tier marker (%s)"
+                    % (item.nodeid, "tier markers " + ", ".join(tiers) if tiers else
+                       "no tier marker", ", ".join(TIERS)), pytrace=False)
+
+
+class UnitTierViolation(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_rules(request, monkeypatch):
+    """A unit test may not sleep, open a socket or start a process."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            raise UnitTierViolation("a unit test may not %s: mark it http or cli, or use "
+                                    "a condition or files.FakeClock" % what)
+        return refused
+    real_sleep, no_wait = time.sleep, refuse("sleep")
+    # sleep(0) only yields the interpreter to other threads: it waits for nothing
+    monkeypatch.setattr(time, "sleep", lambda s: real_sleep(0) if s == 0 else no_wait(s))
+    monkeypatch.setattr(socket, "socket", refuse("open a socket"))
+    monkeypatch.setattr(socket, "create_connection", refuse("open a socket"))
+    monkeypatch.setattr(subprocess, "Popen", refuse("start a process"))
+    yield
 
 
 @pytest.fixture

@@ -230,6 +230,8 @@ class InProcessServer(_Server):
         for srv in getattr(self, "servers", ()):
             srv.shutdown()
             srv.stop(grace)
+        if getattr(self, "app", None) is not None and not self._stopped:
+            self.app.close()        # every thread the server started stops
         root = logging.getLogger()
         root.removeHandler(self._handler)
         root.setLevel(self._saved_level)

@@ -11,6 +11,8 @@ from helpers import MAC1, UUID1
 from render import BootConfig
 from store import LoadError, Lookup, Match
 
+pytestmark = pytest.mark.unit
+
 CFG = BootConfig("/images/k", ("/images/i.gz",), ("quiet",))
 
 

@@ -100,12 +100,14 @@ def current(table, now=NOW):
     (KEA6, "kea", {"2001:db8::10": MAC1}),
     ("", "empty", {}),
 ])
+@pytest.mark.unit
 def test_each_lease_format_is_recognised_and_read(text, name, expected):
     kind, table = leases.parse_lease_file(text)
     assert kind == name
     assert current(table) == expected
 
 
+@pytest.mark.unit
 def test_expiry_is_kept_so_a_lease_ends_without_a_reread():
     _, table = leases.parse_lease_file(DNSMASQ)
     assert table["10.0.0.10"] == (MAC1, 1800003600.0)
@@ -116,6 +118,7 @@ def test_expiry_is_kept_so_a_lease_ends_without_a_reread():
     assert isc["10.0.0.20"][1] is None                       # ends never
 
 
+@pytest.mark.unit
 def test_something_else_is_refused_by_name():
     with pytest.raises(ValueError, match="not a dnsmasq, ISC dhcpd or Kea lease file"):
         leases.parse_lease_file("<html>\n")
@@ -128,10 +131,12 @@ def test_something_else_is_refused_by_name():
     ("00:04:11:22:33:44:55:66:77:88:99:00:aa:bb:cc:dd:ee:ff", None),   # DUID-UUID
     ("zz", None),
 ])
+@pytest.mark.unit
 def test_mac_from_a_dhcpv6_duid(duid, mac):
     assert leases.mac_from_duid(duid) == mac
 
 
+@pytest.mark.http
 def test_the_kernel_neighbor_tables_are_read():
     arp = leases.read_arp()
     assert all(leases._mac(m) == m for m in arp.values())
@@ -178,6 +183,7 @@ def bound(serve, bound_data, tmp_path):
     return s
 
 
+@pytest.mark.http
 def test_a_machine_gets_its_own_config_and_nobody_elses(bound):
     assert get_from(bound, "127.0.0.2", "/cloud?mac=" + MAC1) == (200, "#cloud-config\n"
                                                                    "hostname: node10\n")
@@ -192,6 +198,7 @@ def test_a_machine_gets_its_own_config_and_nobody_elses(bound):
                           r'mac=52:54:00:89:d8:20 file=not bound')
 
 
+@pytest.mark.http
 def test_uuid_selected_configs_cannot_be_bound(bound):
     status, body = get_from(bound, "127.0.0.2", "/cloud?uuid=" + UUID1)
     assert status == 403 and "selected by UUID alone" in body
@@ -199,6 +206,7 @@ def test_uuid_selected_configs_cannot_be_bound(bound):
     assert status == 403 and "no current DHCP lease" in body
 
 
+@pytest.mark.http
 def test_fleet_wide_answers_go_to_any_lease_holder(bound):
     mac3 = "52:54:00:89:d8:99"
     assert get_from(bound, "127.0.0.3", "/generic?rack=r1") == (200, "rack r1\n")
@@ -208,12 +216,14 @@ def test_fleet_wide_answers_go_to_any_lease_holder(bound):
     assert get_from(bound, "127.0.0.3", "/cloud?mac=" + mac3)[0] == 403
 
 
+@pytest.mark.http
 def test_boot_scripts_and_images_stay_open(bound):
     assert get_from(bound, "127.0.0.4", "/ipxe?mac=" + MAC1)[0] == 200
     assert get_from(bound, "127.0.0.4", "/boot.ipxe")[0] == 200
     assert get_from(bound, "127.0.0.4", "/pixiecore/v1/boot/" + MAC1)[0] == 200
 
 
+@pytest.mark.http
 def test_refusals_are_counted_and_shown(bound):
     get_from(bound, "127.0.0.3", "/cloud?mac=" + MAC1)
     get_from(bound, "127.0.0.4", "/cloud")
@@ -227,6 +237,7 @@ def test_refusals_are_counted_and_shown(bound):
     assert refused[MAC2]["steps"][-1]["status"] == 403
 
 
+@pytest.mark.http
 def test_an_expired_lease_and_a_moved_lease(bound):
     dnsmasq_leases(bound.lease_file, ("127.0.0.2", MAC1, int(time.time()) - 1),
                    ("127.0.0.5", MAC2, 0))
@@ -237,6 +248,7 @@ def test_an_expired_lease_and_a_moved_lease(bound):
     assert get_from(bound, "127.0.0.5", "/cloud") == (200, "#cloud-config\nhostname: node20\n")
 
 
+@pytest.mark.http
 def test_a_lease_file_gone_while_running_keeps_its_last_table(bound):
     os.unlink(str(bound.lease_file))
     assert bound.wait_log(r"lease file .* cannot be read: No such file or directory; "
@@ -251,6 +263,7 @@ def test_a_lease_file_gone_while_running_keeps_its_last_table(bound):
                         "fqdn_rev,hostname,state,user_context\n127.0.0.2,52:54:00:89:d8:10,,"
                         "3600,%d,1,0,0,,0,\n" % (time.time() + 3600)),
 ])
+@pytest.mark.http
 def test_isc_and_kea_lease_files_bind_too(serve, bound_data, tmp_path, name, text):
     path = tmp_path / name
     write(str(path), text)
@@ -259,6 +272,7 @@ def test_isc_and_kea_lease_files_bind_too(serve, bound_data, tmp_path, name, tex
     assert get_from(s, "127.0.0.3", "/cloud?mac=" + MAC1)[0] == 403
 
 
+@pytest.mark.cli
 def test_a_missing_lease_file_stops_the_start(bound_data, tmp_path):
     result = run_bootcfg("-data-path", str(bound_data), "-address", "127.0.0.1:0",
                          "-bind-configs", str(tmp_path / "nope.leases"))
@@ -267,6 +281,7 @@ def test_a_missing_lease_file_stops_the_start(bound_data, tmp_path):
         "-bind-configs: lease file %s: No such file or directory" % (tmp_path / "nope.leases"))
 
 
+@pytest.mark.cli
 def test_check_warns_that_uuid_selected_configs_cannot_be_bound(bound_data):
     result = run_bootcfg("check", "-data-path", str(bound_data), "-bind-configs", "neighbors")
     assert "cloud/uuid/%s: warning: selected by UUID alone" % UUID1 in result.stdout

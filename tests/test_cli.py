@@ -9,6 +9,8 @@ import pytest
 
 from helpers import read_head, run_bootcfg as run
 
+pytestmark = pytest.mark.cli
+
 FLAGS = ("address", "data-path", "images-path", "log-level", "workers",
          "max-connections", "idle-timeout")
 

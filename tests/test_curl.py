@@ -7,6 +7,8 @@ import pytest
 
 from helpers import MAC1, UUID1, need_tool
 
+pytestmark = pytest.mark.cli
+
 
 @pytest.fixture
 def curl():

@@ -140,6 +140,7 @@ def bootcfg_argv(command):
     return [sys.executable, os.path.join(ROOT, "bootcfg.py")] + words
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("where, command", COMMANDS, ids=[w for w, _ in COMMANDS])
 def test_command_runs(where, command, bundled, tmp_path):
     why = not_run(command)
@@ -193,6 +194,7 @@ def json_blocks():
             if lang == "json"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("where, text, elided", json_blocks(),
                          ids=[w for w, _, _ in json_blocks()])
 def test_json_snippet_loads(where, text, elided):
@@ -208,6 +210,7 @@ def test_json_snippet_loads(where, text, elided):
     app.PARSERS[kind](text.encode())                 # raises with the reason
 
 
+@pytest.mark.unit
 def test_every_flag_is_in_the_flag_table_with_its_variable():
     import bootcfg
     page = open(os.path.join(ROOT, "docs", "operating.md")).read()
@@ -230,6 +233,7 @@ def test_every_flag_is_in_the_flag_table_with_its_variable():
         assert flag in help_text, "docs/operating.md lists %s, which --help does not" % flag
 
 
+@pytest.mark.unit
 def test_settings_table_is_generated_from_the_settings():
     """docs/operating.md's table is settings.markdown(), byte for byte
     (scripts/update-settings-doc rewrites it)."""
@@ -240,6 +244,7 @@ def test_settings_table_is_generated_from_the_settings():
         "docs/operating.md is stale: run python3 scripts/update-settings-doc"
 
 
+@pytest.mark.unit
 def test_every_setting_reaches_flag_and_variable(monkeypatch):
     """Each setting is a flag of every command in its scope, read from its
     variable, with its default otherwise."""
@@ -285,6 +290,7 @@ def links():
     return found
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("where, page, target", links(), ids=[w for w, _, _ in links()])
 def test_relative_link_resolves(where, page, target):
     path, _, anchor = target.partition("#")
@@ -295,6 +301,7 @@ def test_relative_link_resolves(where, page, target):
         assert anchor in anchors(full), "%s: no heading #%s in %s" % (where, anchor, path)
 
 
+@pytest.mark.unit
 def test_the_old_readme_map_covers_every_old_heading():
     page = open(os.path.join(ROOT, "docs", "readme-map.md")).read()
     rows = re.findall(r"^\| ([^|]+) \| (.+) \|$", page, re.M)[1:]
@@ -303,6 +310,7 @@ def test_the_old_readme_map_covers_every_old_heading():
         assert re.search(r"\]\([a-zA-Z./-]+\.md#[\w-]+\)", where), (heading, where)
 
 
+@pytest.mark.unit
 def test_each_page_says_first_what_it_is_for():
     for page in PAGES[1:]:
         lines = [line for line in open(os.path.join(ROOT, page)).read().splitlines()
@@ -310,16 +318,19 @@ def test_each_page_says_first_what_it_is_for():
         assert lines[0].startswith("# ") and not lines[1].startswith(("#", "|", "```")), page
 
 
+@pytest.mark.unit
 def test_readme_is_short():
     assert len(open(os.path.join(ROOT, "README.md")).read().splitlines()) <= 200
 
 
+@pytest.mark.unit
 def test_ci_runs_the_readme_test_command():
     readme = open(os.path.join(ROOT, "README.md")).read()
     test_cmd = [line.strip() for line in readme.splitlines() if "python -m pytest" in line][0]
     assert test_cmd in open(os.path.join(ROOT, ".ci", "run")).read().splitlines()
 
 
+@pytest.mark.unit
 def test_every_dnsmasq_recipe_is_used_by_an_end_to_end_test():
     recipes = sorted(os.listdir(os.path.join(ROOT, "contrib", "dnsmasq")))
     e2e = "".join(open(path).read() for path in

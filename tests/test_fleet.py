@@ -19,11 +19,13 @@ from helpers import boot_json, get_from, write
 
 # ---------------------------------------------------------------- /healthz
 
+@pytest.mark.http
 def test_healthz_says_ok_while_serving(serve, data_dir):
     s = serve("-data-path", str(data_dir))
     assert get_from(s, "127.0.0.1", "/healthz") == (200, "ok\n")
 
 
+@pytest.mark.http
 def test_healthz_is_503_when_the_data_directory_cannot_be_read(serve, data_dir, tmp_path):
     link = tmp_path / "current"
     os.symlink(str(data_dir), str(link))
@@ -33,6 +35,7 @@ def test_healthz_is_503_when_the_data_directory_cannot_be_read(serve, data_dir, 
     assert status == 503 and "cannot be read" in body
 
 
+@pytest.mark.cli
 def test_healthz_is_503_while_stopping(start_server, data_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -62,6 +65,7 @@ def test_healthz_is_503_while_stopping(start_server, data_dir, tmp_path):
     ("10.0.0.300", False), ("[zz::1]", False), ("evil.lan/x", False),
     ("a.lan, b.lan", False), ("host)/x", False), ("-bad.lan", False), ("x" * 300, False),
 ])
+@pytest.mark.unit
 def test_forwarded_host_is_a_host_or_nothing(value, ok):
     assert forwarded_host(value) == (value if ok else "")
 
@@ -73,6 +77,7 @@ def grub_data(tmp_path):
     return d
 
 
+@pytest.mark.http
 def test_grub_over_http_names_the_host_a_trusted_proxy_forwards(serve, grub_data):
     s = serve("-data-path", str(grub_data), "-trusted-proxies", "127.0.0.2")
     forwarded = "X-Forwarded-Host: boot.lan:8080\r\n"
@@ -89,6 +94,7 @@ def test_grub_over_http_names_the_host_a_trusted_proxy_forwards(serve, grub_data
 
 # ---------------------------------------------------------------- the fleet view
 
+@pytest.mark.cli
 def test_status_merges_the_peers_and_names_one_that_does_not_answer(start_server, data_dir):
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
@@ -120,6 +126,7 @@ def test_status_merges_the_peers_and_names_one_that_does_not_answer(start_server
                                                           "52:54:00:00:00:0c"]
 
 
+@pytest.mark.cli
 def test_admin_allow_guards_the_peer_requests_too(start_server, data_dir):
     a = start_server("-data-path", str(data_dir), "-admin-allow", "10.9.9.9")
     b = start_server("-data-path", str(data_dir), "-peers", "http://127.0.0.1:%d" % a.port)
@@ -135,6 +142,7 @@ def git(*args, cwd):
                    check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.cli
 def test_a_symlink_swap_rolls_out_a_new_commit_whole_within_a_second(start_server, tmp_path):
     """The README's rollout: each commit checked out into its own directory, then
     `ln -sfn` + `mv -T` swaps -data-path's symlink at once. Every answer while it

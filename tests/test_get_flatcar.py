@@ -11,6 +11,8 @@ import pytest
 
 from helpers import ROOT, need_tool, write
 
+pytestmark = pytest.mark.cli
+
 SCRIPT = os.path.join(ROOT, "scripts", "get-flatcar")
 VERSION = "4152.2.0"
 FILES = {"flatcar_production_pxe.vmlinuz": os.urandom(300_000),

@@ -121,12 +121,14 @@ SELECTION = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("groups_, seeds, labels, kind, expected", SELECTION)
 def test_selection(tmp_path, groups_, seeds, labels, kind, expected):
     fs = tree(str(tmp_path), groups_, seeds)
     assert winner(fs, kind, labels) == expected
 
 
+@pytest.mark.unit
 def test_a_group_whose_profile_lacks_the_kind_is_404_never_a_weaker_candidate(tmp_path):
     profiles = dict(PROFILES, bare={"id": "bare", "ignition_id": "install.ign"})
     fs = tree(str(tmp_path), [("bare.json", {"mac": MAC_A})], ["boot/default", "cloud/default"],
@@ -138,6 +140,7 @@ def test_a_group_whose_profile_lacks_the_kind_is_404_never_a_weaker_candidate(tm
     assert fs.select("ignition", {"mac": MAC_A}).match.path == "ignition/install.ign"
 
 
+@pytest.mark.unit
 def test_mac_and_uuid_groups_are_indexed_not_scanned(tmp_path):
     fs = tree(str(tmp_path), [("node.json", {"mac": MAC_A}), ("rack.json", {"rack": "r1"})])
     # Only the groups naming this machine's mac/uuid, and the best general one,
@@ -147,6 +150,7 @@ def test_mac_and_uuid_groups_are_indexed_not_scanned(tmp_path):
     assert [c.path for c in fs.groups.candidates({"mac": MAC_A})] == ["groups/node.json"]
 
 
+@pytest.mark.unit
 def test_a_broken_group_file_turns_catch_alls_into_500_and_spares_specific_matches(tmp_path):
     root = str(tmp_path)
     fs = tree(root, [("node.json", {"mac": MAC_A}), ("fleet.json", {})], ["boot/default"])
@@ -164,6 +168,7 @@ def test_a_broken_group_file_turns_catch_alls_into_500_and_spares_specific_match
     assert found.error is not None and "boot/default would answer" in found.error.reason
 
 
+@pytest.mark.unit
 def test_group_edits_while_running(tmp_path):
     root = str(tmp_path)
     fs = tree(root, [("node.json", {"mac": MAC_A})], ["boot/default"])
@@ -190,6 +195,7 @@ def test_group_edits_while_running(tmp_path):
     assert winner(fs, "boot", {"mac": MAC_B}) == "boot/default"
 
 
+@pytest.mark.unit
 def test_a_fresh_half_written_group_is_not_broken_yet(tmp_path):
     root = str(tmp_path)
     fs = tree(root, [], ["boot/default"])
@@ -209,6 +215,7 @@ def test_a_fresh_half_written_group_is_not_broken_yet(tmp_path):
     ('{"profile": "../x"}', "not a profile id"),
     ('{"profile": "p", "profile": "q"}', "duplicate key"),
 ])
+@pytest.mark.unit
 def test_group_files_refused(text, message):
     with pytest.raises(ValueError) as e:
         groups.parse_group(text.encode())
@@ -222,12 +229,14 @@ def test_group_files_refused(text, message):
     ('{"ignition_id": "worker.yaml"}', "butane --strict"),
     ('{"cloud_id": "/abs"}', "not a file name inside cloud/"),
 ])
+@pytest.mark.unit
 def test_profile_files_refused(text, message):
     with pytest.raises(ValueError) as e:
         groups.parse_profile(text.encode())
     assert message in str(e.value)
 
 
+@pytest.mark.unit
 def test_variables_in_matchbox_order():
     g = groups.parse_group(json.dumps({
         "profile": "p", "selector": {"mac": "52-54-00-A1-00-02", "os": "installed"},
@@ -238,6 +247,7 @@ def test_variables_in_matchbox_order():
                              "raw_query": "mac=x&os=installed"}}
 
 
+@pytest.mark.unit
 def test_metadata_env_lines():
     body = groups.env_lines({"a": "x y", "n": 3, "big": 10000000, "t": True, "l": [1],
                              "z": None, "nested": {"b": {"c": 2}},
@@ -267,6 +277,7 @@ def fleet(tmp_path, serve):
     return server
 
 
+@pytest.mark.http
 def test_one_mac_two_answers_chosen_by_os(fleet):
     status, _, body = fleet.get("/ipxe?mac=52-54-00-a1-00-02")
     assert status == 200 and b"/assets/install/vmlinuz" in body and b"p=install" in body
@@ -281,6 +292,7 @@ def test_one_mac_two_answers_chosen_by_os(fleet):
     assert body == b"#cloud-config\nseed: cloud/default\n"
 
 
+@pytest.mark.http
 def test_arch_label_picks_the_arm64_profile(fleet):
     status, _, body = fleet.get("/ipxe?mac=%s&arch=arm64" % MAC_B)
     assert status == 200 and b"/assets/arm/vmlinuz" in body
@@ -288,6 +300,7 @@ def test_arch_label_picks_the_arm64_profile(fleet):
     assert status == 200 and b"tag=boot/default" in body
 
 
+@pytest.mark.http
 def test_generic_and_metadata(fleet):
     status, _, body = fleet.get("/generic?mac=%s&os=x" % MAC_A)
     assert status == 200 and body == ("HOST=h-install.json OS=x Q=mac=%s&os=x\n" % MAC_A).encode()
@@ -300,12 +313,14 @@ def test_generic_and_metadata(fleet):
     assert fleet.get("/metadata?mac=%s" % MAC_B)[0] == 404
 
 
+@pytest.mark.http
 def test_assets_serves_the_images_directory(fleet):
     assert fleet.get("/assets/install/vmlinuz")[2] == b"KERNEL"
     assert fleet.get("/images/install/vmlinuz")[2] == b"KERNEL"
     assert fleet.get("/assets/../secret")[0] in (400, 403, 404)
 
 
+@pytest.mark.http
 def test_a_group_whose_values_break_its_ignition_gets_500_others_200(tmp_path, serve):
     root = str(tmp_path)
     tree(root, [("node.json", {"mac": MAC_A})])
@@ -323,6 +338,7 @@ def test_a_group_whose_values_break_its_ignition_gets_500_others_200(tmp_path, s
     assert server.wait_log(r"path not absolute")
 
 
+@pytest.mark.unit
 def test_ignition_placeholders_are_escaped_and_refused_outside_strings():
     from _bootcfg import ignition
     base = {"ignition": {"version": "3.3.0"}, "passwd": {"users": [
@@ -342,6 +358,7 @@ def test_ignition_placeholders_are_escaped_and_refused_outside_strings():
         assert message in str(e.value), bad
 
 
+@pytest.mark.http
 def test_a_butane_ignition_id_is_refused_with_the_way_forward(tmp_path, serve):
     root = str(tmp_path)
     tree(root, [("node.json", {"mac": MAC_A})], profiles={
@@ -352,6 +369,7 @@ def test_a_butane_ignition_id_is_refused_with_the_way_forward(tmp_path, serve):
     assert server.wait_log(r"butane --strict")
 
 
+@pytest.mark.http
 def test_status_and_access_log_name_group_and_profile(fleet):
     fleet.get("/ipxe?mac=%s" % MAC_A)
     assert fleet.wait_log(r"file=profiles/install.json \(group groups/install.json, "
@@ -361,6 +379,7 @@ def test_status_and_access_log_name_group_and_profile(fleet):
     assert any("groups/install.json" in json.dumps(m) for m in machines)
 
 
+@pytest.mark.http
 def test_metrics_and_status_count_broken_group_files(fleet, tmp_path):
     write(str(tmp_path / "data" / "groups" / "broken.json"), "{")
     settle(str(tmp_path / "data"))
@@ -380,6 +399,7 @@ def findings(root):
     return [f.text() for f in check.check(app_module.App(fs))]
 
 
+@pytest.mark.unit
 def test_check_reports_each_group_finding(tmp_path):
     root = str(tmp_path)
     tree(root, [("node.json", {"mac": MAC_A}), ("same.json", {"mac": MAC_A}, "install"),
@@ -422,6 +442,7 @@ def test_check_reports_each_group_finding(tmp_path):
     assert "anything" not in out          # request.* is known only per request
 
 
+@pytest.mark.unit
 def test_check_refuses_a_butane_ignition_id(tmp_path):
     root = str(tmp_path)
     tree(root, [("node.json", {"mac": MAC_A})], profiles={
@@ -429,6 +450,7 @@ def test_check_refuses_a_butane_ignition_id(tmp_path):
     assert any("butane --strict" in f for f in findings(root))
 
 
+@pytest.mark.cli
 def test_explain_shows_winner_losers_variables_and_answers(fleet):
     root = fleet.data_root
     out = run_bootcfg("explain", "-data-path", root, "-mac", MAC_A,
@@ -446,6 +468,7 @@ def test_explain_shows_winner_losers_variables_and_answers(fleet):
     assert shown == fleet.get("/ignition?mac=%s&os=installed" % MAC_A)[2]
 
 
+@pytest.mark.unit
 def test_seed_and_group_answers_match_through_the_app(tmp_path):
     """The same machine, written once as seed files and once as a group, gets
     the same boot script: the group layout is a superset, not a fork."""
@@ -466,12 +489,13 @@ def test_seed_and_group_answers_match_through_the_app(tmp_path):
     assert bodies[0] == bodies[1] and bodies[0][0] == 200
 
 
+@pytest.mark.unit
 def test_profile_and_template_edits_follow_the_store_rules(tmp_path):
     """Profiles and the files they name: an edit shows, a broken edit keeps the
     last good version (and says so), a deleted template is a 500."""
     root = str(tmp_path)
-    tree(root, [("node.json", {"mac": MAC_A})])
-    application = app_module.App(app_module.make_store(root))
+    fs = tree(root, [("node.json", {"mac": MAC_A})])
+    application = app_module.App(fs)
 
     def cloud():
         resp = application(Request("GET", "/cloud", {"mac": MAC_A}, {}, "192.0.2.1"))
@@ -487,11 +511,11 @@ def test_profile_and_template_edits_follow_the_store_rules(tmp_path):
             f.write(text)
         past = time.time() - 5
         os.utime(path, (past, past))
-        time.sleep(0.15)            # past the store's file check window
+        fs.files.clock.advance(0.15)        # past the store's file check window
         assert cloud() == (200, b"#cloud-config\nname: h-node.json\n"), text
     found = application.store.select("cloud", {"mac": MAC_A})
     assert found.match.stale
     os.unlink(tmpl)
-    time.sleep(0.15)
+    fs.files.clock.advance(0.15)
     status, body = cloud()
     assert status == 500 and b"profiles/node.json" in body

@@ -61,6 +61,7 @@ def args_of(script):
     "pipe=a|b", "amp=a&b&&c", "semi=;", "mixed=$;#{}|&", "brace={", "close=}",
     "star=*?[a]", "tilde=~", "lt=<>", "bang=!x", "percent=%s%%", "at=@host",
 ])
+@pytest.mark.unit
 def test_every_quoting_class_survives(arg):
     assert args_of(grub([arg])) == [arg]
 
@@ -68,6 +69,7 @@ def test_every_quoting_class_survives(arg):
 @pytest.mark.parametrize("arg, char", [
     ("quote='q'", "'"), ("it's", "'"), ('dq="q"', '"'), ("back=\\x", "\\"),
 ])
+@pytest.mark.unit
 def test_characters_grub_would_change_are_refused(arg, char):
     """GRUB's linux command puts a backslash before ' " and \\ on the kernel
     command line (seen in the Secure Boot scenario): refused, not altered."""
@@ -76,6 +78,7 @@ def test_characters_grub_would_change_are_refused(arg, char):
     assert "contains %s" % char in str(e.value) and str(e.value).startswith("cmdline: ")
 
 
+@pytest.mark.unit
 def test_the_quoting_function_itself_round_trips_every_class():
     for word in ("it's", "a'b'c", "'", "\\'", "$x;#{}|&\"q\""):
         assert unquote_grub(render.grub_quote(word)) == [word]
@@ -90,10 +93,12 @@ def test_the_quoting_function_itself_round_trips_every_class():
     ("${domain}", "lan"), ("${buildarch}", "x86_64"), ("${platform}", "efi"),
     ("${uuid:uuid}", UUID1), ("${mac:hex}", MAC1), ("${hostname:string}", "node-7.lan"),
 ])
+@pytest.mark.unit
 def test_settings_are_filled_in_the_spelling_asked(setting, value):
     assert args_of(grub(["x=" + setting])) == ["x=" + value]
 
 
+@pytest.mark.unit
 def test_several_settings_in_one_argument():
     url = "cloud-config-url=http://b:8080/cloud?uuid=${uuid}&mac=${net0/mac:hexhyp}"
     assert args_of(grub([url])) == [
@@ -107,12 +112,14 @@ def test_several_settings_in_one_argument():
     (["x=${net1/mac}"], MACHINE, "${net1/mac} is an iPXE setting GRUB answers cannot fill"),
     (["x=${mac:base64}"], MACHINE, "do not know the spelling"),
 ])
+@pytest.mark.unit
 def test_unfillable_settings_are_errors_not_empty_strings(cmdline, machine, fragment):
     with pytest.raises(render.GrubError) as e:
         grub(cmdline, machine=machine)
     assert fragment in str(e.value) and str(e.value).startswith("cmdline: ")
 
 
+@pytest.mark.unit
 def test_shape_and_initrd_arguments_dropped():
     script = grub(["console=ttyS0", "initrd=mine.gz", "quiet"],
                   initrd=["/images/a.gz", "/images/b.gz"])
@@ -121,10 +128,12 @@ def test_shape_and_initrd_arguments_dropped():
         "initrd %s'/images/a.gz' %s'/images/b.gz'" % (TFTP, TFTP), "boot"]
 
 
+@pytest.mark.unit
 def test_no_initrd_no_initrd_line():
     assert "initrd" not in grub(["quiet"], initrd=[])
 
 
+@pytest.mark.unit
 def test_http_device_and_urls():
     script = grub(["quiet"], kernel="/images/k", initrd=["http://10.1.1.1:81/i.gz"],
                   device="(http,10.0.0.5:8080)", http_ok=True)
@@ -136,12 +145,14 @@ def test_http_device_and_urls():
     ("http://10.0.0.1/vmlinuz", "has no HTTP"), ("https://x/vmlinuz", "not this"),
     ("tftp://x/vmlinuz", "not this"),
 ])
+@pytest.mark.unit
 def test_urls_a_tftp_grub_cannot_fetch(kernel, fragment):
     with pytest.raises(render.GrubError) as e:
         grub([], kernel=kernel)
     assert str(e.value).startswith("kernel: ") and fragment in str(e.value)
 
 
+@pytest.mark.unit
 def test_first_script_quotes_the_query():
     script = render.render_grub_first(TFTP).decode()
     rendered.append(script)
@@ -153,16 +164,36 @@ def test_first_script_quotes_the_query():
     assert "smbios --type 1 --get-string 7 --set bootcfg_serial" in script
 
 
+@pytest.mark.unit
 def test_error_answers_are_scripts_that_only_echo():
     body = render.grub_echo("no boot config for uuid=- mac=x; reboot $x 'q'").decode()
     rendered.append(body)
     assert body == "echo 'bootcfg: no boot config for uuid=- mac=x; reboot $x '\\''q'\\'''\n"
 
 
+def render_every_unit_case():
+    """Call this file's unit tests with each of their parameters, so that
+    `rendered` holds every script they make even when only the cli tier runs."""
+    for name, fn in list(globals().items()):
+        marks = getattr(fn, "pytestmark", [])
+        if not name.startswith("test_") or not any(m.name == "unit" for m in marks):
+            continue
+        cases = [{}]
+        for mark in (m for m in marks if m.name == "parametrize"):
+            names = [n.strip() for n in mark.args[0].split(",")]
+            cases = [dict(case, **dict(zip(names, v if len(names) > 1 else (v,))))
+                     for case in cases for v in mark.args[1]]
+        for case in cases:
+            fn(**case)
+
+
+@pytest.mark.cli
 def test_grub_script_check_accepts_everything_rendered(tmp_path):
     """Runs last in this file: every script the tests above made, checked by
     GRUB's own parser."""
     tool = need_tool("grub-script-check", "apt-get install grub-common")
+    if not rendered:            # run by marker (-m "http or cli"): make them here
+        render_every_unit_case()
     assert len(rendered) >= 40, len(rendered)
     for i, script in enumerate(rendered):
         path = tmp_path / ("%d.cfg" % i)
@@ -185,6 +216,7 @@ def server(serve, tmp_path):
     return serve("-data-path", str(d))
 
 
+@pytest.mark.http
 def test_http_grub_answer_uses_the_socket_address_not_the_host_header(server):
     conn = server.connect()
     conn.request("GET", "/grub?uuid=%s&mac=%s" % (UUID1, MAC1),
@@ -201,6 +233,7 @@ def test_http_grub_answer_uses_the_socket_address_not_the_host_header(server):
     assert '"%s/grub?uuid=' % device in first
 
 
+@pytest.mark.http
 def test_http_grub_errors_are_scripts_that_only_echo(server):
     status, _, body = server.get("/grub?mac=52:54:00:00:00:77")
     assert status == 500 and body.startswith(b"echo 'bootcfg: boot/mac/52-54-00-00-00-77: ")
@@ -211,6 +244,7 @@ def test_http_grub_errors_are_scripts_that_only_echo(server):
     assert re.match(rb"^echo '[^\n]*'\n$", body)
 
 
+@pytest.mark.cli
 def test_check_warns_about_configs_no_tftp_grub_can_boot(tmp_path):
     from helpers import run_bootcfg
     write(str(tmp_path / "boot/default"), boot_json(kernel="/images/k"))
@@ -224,6 +258,7 @@ def test_check_warns_about_configs_no_tftp_grub_can_boot(tmp_path):
     assert "cmdline: \"q=it's\" contains '" in lines[1]
 
 
+@pytest.mark.cli
 def test_explain_shows_the_grub_answer(tmp_path):
     from helpers import run_bootcfg
     write(str(tmp_path / "boot/default"), boot_json(kernel="/images/k", cmdline=["u=${uuid}"]))

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-import bootcfg
 from _bootcfg import settings
 from _bootcfg.guard import Proxies, client_key
 from helpers import read_head, read_to_close, write
@@ -73,6 +72,7 @@ def metric(server, name, **labels):
 
 # ---------------------------------------------------------------- head deadline
 
+@pytest.mark.http
 def test_a_trickled_head_is_answered_408_at_the_deadline(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-header-timeout", "1")
     c = connect(s)
@@ -86,6 +86,7 @@ def test_a_trickled_head_is_answered_408_at_the_deadline(serve, data_dir):
     assert metric(s, "bootcfg_connections_cut_total", reason="header_timeout") == 1
 
 
+@pytest.mark.http
 def test_a_trickled_request_line_is_closed_without_an_answer(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-header-timeout", "1")
     c = connect(s)
@@ -94,6 +95,7 @@ def test_a_trickled_request_line_is_closed_without_an_answer(serve, data_dir):
     assert s.wait_log(r"closed a connection whose request head took over 1 s")
 
 
+@pytest.mark.http
 def test_a_kept_alive_connection_waits_for_the_idle_limit_not_the_head_deadline(
         serve, data_dir):
     s = serve("-data-path", str(data_dir), "-header-timeout", "0.5", "-idle-timeout", "5")
@@ -105,6 +107,7 @@ def test_a_kept_alive_connection_waits_for_the_idle_limit_not_the_head_deadline(
     assert closed_by_server(c, within=3)
 
 
+@pytest.mark.http
 def test_with_the_head_deadline_off_a_trickle_is_not_cut(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-header-timeout", "0", "-idle-timeout", "1")
     c = connect(s)
@@ -116,6 +119,7 @@ def test_with_the_head_deadline_off_a_trickle_is_not_cut(serve, data_dir):
     assert read_head(c).startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.http
 def test_a_slow_tls_handshake_is_cut_at_the_head_deadline(serve, data_dir, tls_files):
     cert, key = tls_files
     s = serve("-data-path", str(data_dir), "-cert-file", cert, "-key-file", key,
@@ -134,6 +138,7 @@ def test_a_slow_tls_handshake_is_cut_at_the_head_deadline(serve, data_dir, tls_f
 
 # ---------------------------------------------------------------- per client
 
+@pytest.mark.http
 def test_one_client_past_its_cap_loses_its_own_oldest_waiting_connection(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-max-connections-per-client", "3")
     other = connect(s, "127.0.0.3")
@@ -151,6 +156,7 @@ def test_one_client_past_its_cap_loses_its_own_oldest_waiting_connection(serve, 
     assert not s.wait_log(r'127\.0\.0\.2 "-"', timeout=0.2)     # no access line
 
 
+@pytest.mark.http
 def test_a_flood_from_one_address_leaves_room_for_everyone_else(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-max-connections", "20",
               "-max-connections-per-client", "5")
@@ -172,6 +178,7 @@ def test_a_flood_from_one_address_leaves_room_for_everyone_else(serve, data_dir)
     assert len(lines) == 1, lines                    # logged once a minute, not 55 times
 
 
+@pytest.mark.http
 def test_a_client_whose_connections_are_all_busy_is_refused_the_next(
         serve, data_dir, tmp_path):
     images = tmp_path / "images"
@@ -193,6 +200,7 @@ def test_a_client_whose_connections_are_all_busy_is_refused_the_next(
     assert s.wait_log(r"127\.0\.0\.2: refused a connection: -max-connections-per-client 2")
 
 
+@pytest.mark.http
 def test_trusted_proxies_have_no_cap(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-max-connections-per-client", "2",
               "-trusted-proxies", "127.0.0.2/32")
@@ -203,6 +211,7 @@ def test_trusted_proxies_have_no_cap(serve, data_dir):
     assert metric(s, "bootcfg_connections_cut_total", reason="per_client") == 0
 
 
+@pytest.mark.unit
 def test_ipv6_clients_are_counted_by_their_64():
     assert client_key("2001:db8:1:2::5") == client_key("2001:db8:1:2:ffff::9") \
         == "2001:db8:1:2::/64"
@@ -213,6 +222,7 @@ def test_ipv6_clients_are_counted_by_their_64():
 
 # ---------------------------------------------------------------- at max_connections
 
+@pytest.mark.http
 def test_idle_kept_alive_connections_make_room_at_max_connections(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-max-connections", "3",
               "-max-connections-per-client", "0")
@@ -233,6 +243,7 @@ def test_idle_kept_alive_connections_make_room_at_max_connections(serve, data_di
     # (reading /metrics now would take a fourth connection, and close another)
 
 
+@pytest.mark.http
 def test_at_max_connections_with_nobody_idle_a_client_gets_503(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-max-connections", "2",
               "-max-connections-per-client", "0")
@@ -258,11 +269,13 @@ def test_at_max_connections_with_nobody_idle_a_client_gets_503(serve, data_dir):
     ("::ffff:127.0.0.2", "::ffff:192.0.2.7", "192.0.2.7"),
     ("127.0.0.2", "", "127.0.0.2"),
 ])
+@pytest.mark.unit
 def test_the_client_behind_trusted_proxies(peer, forwarded, client):
     proxies = Proxies(settings.networks("127.0.0.0/29"))       # as -trusted-proxies reads it
     assert proxies.client(peer, forwarded) == client
 
 
+@pytest.mark.http
 def test_forwarded_for_is_believed_from_a_trusted_proxy_only(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-trusted-proxies", "127.0.0.2")
     for source, mac in (("127.0.0.2", "52:54:00:89:d8:10"), ("127.0.0.3", "52:54:00:89:d8:11")):
@@ -289,6 +302,7 @@ def tftp_rrq(address, name, source):
     return sock
 
 
+@pytest.mark.http
 def test_tftp_transfers_per_client(serve, data_dir, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -17,6 +17,8 @@ from helpers import ROOT
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from guard import Flood, storm  # noqa: E402
 
+pytestmark = pytest.mark.cli
+
 SLOW, MACHINES = 2000, 500
 
 

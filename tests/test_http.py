@@ -33,12 +33,14 @@ def tags(body):
     return [t for t in body.decode().split() if t.startswith("tag=")]
 
 
+@pytest.mark.http
 def test_identity(server):
     status, headers, body = server.get("/")
     assert status == 200 and body.startswith(b"bootcfg ")
     assert headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.http
 @pytest.mark.parametrize("path", ["/boot.ipxe", "/boot.ipxe.0"])
 def test_chainload(server, path):
     status, _, body = server.get(path)
@@ -56,6 +58,7 @@ def test_chainload(server, path):
     ("mac=52:54:00:00:00:99", "tag=default"),
     ("", "tag=default"),
 ])
+@pytest.mark.http
 def test_ipxe_selection(server, query, want):
     status, _, body = server.get("/ipxe?" + query)
     assert status == 200 and tags(body) == [want]
@@ -68,11 +71,13 @@ def test_ipxe_selection(server, query, want):
     ("mac=52-54-00-89-D8-10", b"hostname: mac1"),
     ("", b"hostname: default"),
 ])
+@pytest.mark.http
 def test_cloud_selection(server, query, want):
     status, _, body = server.get("/cloud?" + query)
     assert status == 200 and want in body
 
 
+@pytest.mark.http
 def test_pixiecore(server):
     status, headers, body = server.get("/pixiecore/v1/boot/" + MAC1)
     assert status == 200 and headers["content-type"] == "application/json"
@@ -85,6 +90,7 @@ def test_pixiecore(server):
     assert status == 200 and json.loads(body)["cmdline"] == "tag=mac1"
 
 
+@pytest.mark.http
 def test_no_config_is_404(server, data_dir):
     os.unlink(str(data_dir / "boot/default"))
     time.sleep(0.05)
@@ -93,6 +99,7 @@ def test_no_config_is_404(server, data_dir):
     assert server.get("/ipxe?mac=" + MAC1)[0] == 200
 
 
+@pytest.mark.http
 def test_broken_config_is_500_with_reason_in_log(server, data_dir):
     path = str(data_dir / "boot/mac/52-54-00-89-D8-11")
     write(path, '{"kernel": "/k", "cmdline": ["ok", "bad\\nchain http://x"]}')
@@ -106,6 +113,7 @@ def test_broken_config_is_500_with_reason_in_log(server, data_dir):
     assert server.get("/ipxe?mac=" + MAC1)[0] == 200
 
 
+@pytest.mark.http
 def test_hot_edit_and_half_written_file(server, data_dir):
     path = str(data_dir / "boot/uuid" / UUID1)
     q = "/ipxe?uuid=" + UUID1
@@ -129,6 +137,7 @@ def test_hot_edit_and_half_written_file(server, data_dir):
         time.sleep(0.02)
 
 
+@pytest.mark.http
 def test_keep_alive_many_requests_one_connection(server):
     conn = server.connect()
     conn.connect()
@@ -147,6 +156,7 @@ def test_keep_alive_many_requests_one_connection(server):
     conn.close()
 
 
+@pytest.mark.http
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"])
 def test_other_methods_405(server, method):
     status, headers, body = server.get("/ipxe", method=method)
@@ -154,6 +164,7 @@ def test_other_methods_405(server, method):
     assert headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.http
 def test_head_matches_get(server):
     for path in ("/", "/boot.ipxe", "/ipxe", "/cloud", "/pixiecore/v1/boot/" + MAC1,
                  "/images/os/1.0/vmlinuz", "/nope"):
@@ -163,6 +174,7 @@ def test_head_matches_get(server):
         assert hh["content-length"] == gh["content-length"] == str(len(gb))
 
 
+@pytest.mark.http
 def test_no_html_anywhere(server):
     for path, method in [("/nope", "GET"), ("/ipxe", "POST"), ("/images/../x", "GET")]:
         _, headers, body = server.get(path, method=method)
@@ -180,6 +192,7 @@ def test_no_html_anywhere(server):
     (b"BREW / HTTP/1.1\r\n\r\n", b"405"),
     (b"GET * HTTP/1.1\r\n\r\n", b"400"),
 ])
+@pytest.mark.http
 def test_malformed_requests_keep_server_alive(server, data, status):
     answer = raw_request(server, data)
     assert answer.split(b" ")[1] == status, answer[:80]
@@ -190,6 +203,7 @@ def test_malformed_requests_keep_server_alive(server, data, status):
 
 # ---------------------------------------------------------------- images
 
+@pytest.mark.http
 def test_image_download(server, images_dir):
     status, headers, body = server.get("/images/os/1.0/vmlinuz")
     assert status == 200 and body == (images_dir / "os/1.0/vmlinuz").read_bytes()
@@ -203,6 +217,7 @@ def test_image_download(server, images_dir):
     assert server.get("/images/os")[0] == 404
 
 
+@pytest.mark.http
 def test_image_conditional(server):
     _, headers, _ = server.get("/images/os/1.0/initrd.gz")
     etag, modified = headers["etag"], headers["last-modified"]
@@ -230,6 +245,7 @@ def test_image_conditional(server):
     ("items=0-1", 200, None, b"initrd-bytes"),
     ("bytes=x-y", 200, None, b"initrd-bytes"),
 ])
+@pytest.mark.http
 def test_image_range(server, rng, status, content_range, body):
     got, headers, data = server.get("/images/os/1.0/initrd.gz", headers={"Range": rng})
     assert got == status
@@ -238,6 +254,7 @@ def test_image_range(server, rng, status, content_range, body):
         assert data == body and headers["content-length"] == str(len(body))
 
 
+@pytest.mark.http
 def test_if_range(server):
     _, headers, _ = server.get("/images/os/1.0/initrd.gz")
     hit = server.get("/images/os/1.0/initrd.gz",
@@ -258,6 +275,7 @@ TRAVERSALS = [
 ]
 
 
+@pytest.mark.http
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_image_traversal_refused(server, path):
     answer = raw_request(server, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
@@ -267,11 +285,13 @@ def test_image_traversal_refused(server, path):
     assert b"outside the root" not in answer and b"root:" not in answer
 
 
+@pytest.mark.http
 def test_symlink_escape_logged(server):
     assert server.get("/images/escape")[0] == 403
     assert server.wait_log(r"refused image /images/escape: .*outside")
 
 
+@pytest.mark.cli
 def test_images_off_when_default_missing(start_server, data_dir, tmp_path):
     s = start_server("-data-path", str(data_dir), cwd=str(tmp_path))
     assert s.wait_log("image serving is off")
@@ -279,6 +299,7 @@ def test_images_off_when_default_missing(start_server, data_dir, tmp_path):
     assert status == 404 and b"off" in body
 
 
+@pytest.mark.http
 def test_client_disconnect_is_one_quiet_line(server, images_dir):
     write(str(images_dir / "big"), b"\0" * (64 << 20))
     s = socket.create_connection((server.host, server.port))
@@ -293,6 +314,7 @@ def test_client_disconnect_is_one_quiet_line(server, images_dir):
     assert server.get("/")[0] == 200
 
 
+@pytest.mark.http
 def test_access_log_line(server):
     server.get("/ipxe?uuid=%s&mac=%s" % (UUID1, MAC1))
     m = server.wait_log(r'127\.0\.0\.1 "GET /ipxe\?uuid=\S+" 200 (\d+)B ([\d.]+)ms '
@@ -304,6 +326,7 @@ def test_access_log_line(server):
     assert server.wait_log(r'"GET /nope\\x01" 404')
 
 
+@pytest.mark.http
 def test_protocol_errors_after_a_routed_request_are_logged_and_counted(server):
     """On one keep-alive connection: a routed request, then a request line the
     standard library refuses itself (414). Both answers get an access line and a
@@ -334,6 +357,7 @@ def test_protocol_errors_after_a_routed_request_are_logged_and_counted(server):
     (b"GARBAGE\r\n\r\n", 400),
     (b"BREW / HTTP/1.1\r\n\r\n", 405),
 ])
+@pytest.mark.http
 def test_every_refusal_gets_the_same_access_line(server, data, status):
     raw_request(server, data)
     assert server.wait_log(r'127\.0\.0\.1 ".+" %d \d+B [\d.]+ms uuid=- mac=- file=-$'

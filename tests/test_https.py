@@ -7,6 +7,8 @@ import pytest
 
 from helpers import MAC1, need_tool
 
+pytestmark = pytest.mark.cli
+
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):

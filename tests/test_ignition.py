@@ -30,6 +30,7 @@ def verdict(data):
         return str(e)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name, data, fragment", CASES, ids=[c[0] for c in CASES])
 def test_corpus_case(name, data, fragment):
     got = verdict(data)
@@ -39,6 +40,7 @@ def test_corpus_case(name, data, fragment):
         assert got is not None and fragment in got, got
 
 
+@pytest.mark.unit
 def test_corpus_is_big_enough():
     assert len(CASES) >= 30
     assert sum(1 for c in CASES if c[2] is None) >= 8
@@ -63,6 +65,7 @@ def validate_all(tmp_path, configs):
         return list(pool.map(one, enumerate(configs)))
 
 
+@pytest.mark.cli
 def test_agrees_with_ignition_validate(tmp_path):
     """Every config ignition-validate rejects, bootcfg rejects; they differ only
     where DIFFERENT says so, and as it says."""
@@ -89,6 +92,7 @@ def leaves(obj, path=()):
         yield path, obj
 
 
+@pytest.mark.cli
 def test_every_field_mutated_agrees_with_ignition_validate(tmp_path):
     """Each value of a full 3.3.0 config replaced by one of a dozen others (wrong
     types, empty, relative, null, ...): 300+ configs, the same verdict from both."""
@@ -111,12 +115,14 @@ def test_every_field_mutated_agrees_with_ignition_validate(tmp_path):
     assert not disagree, disagree[:5]
 
 
+@pytest.mark.unit
 def test_unknown_keys_are_warnings_with_their_path():
     cfg = parse_ignition(b'{"ignition": {"version": "3.3.0"}, "storage": {"filez": []}}')
     assert cfg.warnings == (("$.storage.filez", "unused key filez"),)
     assert cfg.version == "3.3.0"
 
 
+@pytest.mark.unit
 def test_merge_sources_are_collected():
     cfg = parse_ignition(json.dumps({"ignition": {"version": "3.3.0", "config": {
         "merge": [{"source": "http://a/ignition/shared/x"}],
@@ -147,6 +153,7 @@ def ign(serve, tmp_path):
     return server
 
 
+@pytest.mark.http
 def test_served_byte_for_byte_with_its_type(ign):
     status, headers, body = ign.get("/ignition?uuid=%s&os=installed&hostname=x" % UUID1)
     assert status == 200 and body == GOOD.encode()
@@ -154,6 +161,7 @@ def test_served_byte_for_byte_with_its_type(ign):
     assert ign.get("/ignition?mac=52:54:00:00:00:99")[2] == GOOD.replace("web", "default").encode()
 
 
+@pytest.mark.http
 def test_invalid_config_is_500_never_200(ign):
     status, headers, body = ign.get("/ignition?mac=" + MAC1)
     assert status == 500 and headers["content-type"].startswith("text/plain")
@@ -163,6 +171,7 @@ def test_invalid_config_is_500_never_200(ign):
     assert ign.get("/ignition?uuid=%s&mac=%s" % (UUID1, MAC1))[0] == 200
 
 
+@pytest.mark.http
 def test_a_broken_edit_keeps_the_last_good_version(ign):
     path = str(ign.data / "ignition/uuid" / UUID1)
     assert ign.get("/ignition?uuid=" + UUID1)[2] == GOOD.encode()
@@ -174,6 +183,7 @@ def test_a_broken_edit_keeps_the_last_good_version(ign):
     assert ign.wait_log(r"path not absolute; serving its last good version")
 
 
+@pytest.mark.http
 def test_shared_fragments(ign):
     status, headers, body = ign.get("/ignition/shared/base.ign")
     assert status == 200 and headers["content-type"] == IGN_TYPE
@@ -188,6 +198,7 @@ def test_shared_fragments(ign):
     assert 'bootcfg_machine_lookups_total{kind="ignition",match="shared"} 1' in metrics
 
 
+@pytest.mark.http
 def test_ignition_is_counted_in_metrics(ign):
     ign.get("/ignition?uuid=" + UUID1)
     ign.get("/ignition?mac=" + MAC1)
@@ -197,6 +208,7 @@ def test_ignition_is_counted_in_metrics(ign):
     assert 'bootcfg_machine_lookups_total{kind="ignition",match="uuid"} 1' in metrics
 
 
+@pytest.mark.http
 def test_megabytes_of_data_urls_are_served(ign):
     """Ignition configs carry files inline: 20 MiB is served (over the 4 MiB limit
     of boot and cloud configs), byte for byte."""
@@ -211,6 +223,7 @@ def test_megabytes_of_data_urls_are_served(ign):
     assert status == 200 and body == big
 
 
+@pytest.mark.unit
 def test_cache_keeps_the_only_last_good_copy(tmp_path):
     """A tiny cache churned by other machines never drops the last good copy of a
     file that has since been broken: that machine keeps getting it, not a 500."""
@@ -236,6 +249,7 @@ def test_cache_keeps_the_only_last_good_copy(tmp_path):
 
 # ---------------------------------------------------------------- check, explain
 
+@pytest.mark.cli
 def test_check_reports_ignition_mistakes(tmp_path):
     d = tmp_path / "data"
     write(str(d / "boot/default"), '{"kernel": "/k"}')
@@ -268,6 +282,7 @@ def test_check_reports_ignition_mistakes(tmp_path):
     assert "base.ign" not in out.stdout
 
 
+@pytest.mark.cli
 def test_explain_shows_the_ignition_answer(ign):
     d = str(ign.data)
     out = run_bootcfg("explain", "-data-path", d, "--uuid", UUID1, "--show", "ignition",

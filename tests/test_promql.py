@@ -3,6 +3,7 @@ docs/scaling.md shows), checked with promtool against a recording: three real re
 scraped twice, five minutes apart as far as Prometheus is told, with requests and
 a guard cut in between. The expected values are summed here from the scrapes."""
 
+import pytest
 import collections
 import os
 import re
@@ -66,6 +67,7 @@ def expected(recording, name, by, kind):
     return groups
 
 
+@pytest.mark.cli
 def test_fleet_promql_sums_three_replicas(start_server, data_dir, tmp_path):
     need_tool("promtool", "apt-get install prometheus")
     broken = tmp_path / "broken"              # one replica with a group that never parses
@@ -130,6 +132,7 @@ def test_fleet_promql_sums_three_replicas(start_server, data_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-4000:]
 
 
+@pytest.mark.unit
 def test_the_scaling_page_shows_the_rules():
     page = open(os.path.join(ROOT, "docs", "scaling.md")).read()
     for expr in re.findall(r"^\s+expr: (.+)$", open(RULES).read(), re.M):

@@ -7,6 +7,8 @@ import pytest
 from render import (BootConfig, ConfigError, initrd_names, parse_boot_config,
                     render_chainload, render_ipxe, render_pixiecore)
 
+pytestmark = pytest.mark.unit
+
 
 def cfg(**kw):
     base = {"kernel": "/images/vmlinuz", "initrd": ["/images/initrd.gz"]}

@@ -13,6 +13,8 @@ from _bootcfg.answers import Response
 from _bootcfg.app import App, Route, make_store
 from helpers import read_head, settle, write
 
+pytestmark = pytest.mark.http
+
 
 @pytest.fixture
 def serve(data_dir):

@@ -58,6 +58,7 @@ def single_file(tmp_path_factory):
     return out
 
 
+@pytest.mark.cli
 def test_build_is_reproducible(single_file, tmp_path):
     again = str(tmp_path / "bootcfg")
     time.sleep(1.1)   # a timestamp leaking into the archive would now differ
@@ -66,6 +67,7 @@ def test_build_is_reproducible(single_file, tmp_path):
         assert a.read() == b.read()
 
 
+@pytest.mark.cli
 def test_single_file_runs_alone(single_file, tmp_path):
     """Copied away from the source tree, run with a clean interpreter path."""
     lone = str(tmp_path / "bootcfg")
@@ -81,6 +83,7 @@ def test_single_file_runs_alone(single_file, tmp_path):
     assert names == {"__main__.py"} | {os.path.relpath(m, ROOT) for m in runtime_modules()}
 
 
+@pytest.mark.unit
 def test_every_runtime_module_is_shipped():
     shipped = {os.path.relpath(m, ROOT) for m in runtime_modules()}
     on_disk = {os.path.relpath(p, ROOT) for p in
@@ -90,6 +93,7 @@ def test_every_runtime_module_is_shipped():
     assert {m for m in shipped if "/" not in m} == {"bootcfg.py", "store.py", "render.py"}
 
 
+@pytest.mark.unit
 def test_import_graph():
     """The seams, by what each module imports: the server knows no app, store or
     renderer; store and render know neither the server nor the app; only the CLI
@@ -124,6 +128,7 @@ def test_import_graph():
         "_bootcfg.answers" in graph["_bootcfg.explain"]
 
 
+@pytest.mark.cli
 def test_pip_install_puts_only_the_card_and_one_package(tmp_path):
     """`pip install .` into a target directory: the three top-level modules, the
     private package, and pip's metadata; nothing named like other projects."""
@@ -153,12 +158,14 @@ def test_pip_install_puts_only_the_card_and_one_package(tmp_path):
     assert run.stdout.startswith("bootcfg ")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", runtime_modules(), ids=os.path.basename)
 def test_runtime_code_parses_as_python_3_8(path):
     with open(path) as f:
         ast.parse(f.read(), path, feature_version=(3, 8))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", runtime_modules(), ids=os.path.basename)
 def test_runtime_imports_only_stdlib(path):
     local = {module_name(m).split(".")[0] for m in runtime_modules()}
@@ -196,6 +203,7 @@ def listening_port(proc):
     return None
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("which", ["oldest", "newest"])
 def test_single_file_on_python_floor_and_newest(single_file, data_dir, which):
     found = pythons()
@@ -251,6 +259,7 @@ def verify(root):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.cli
 def test_units_verify(fake_root):
     out = verify(fake_root)
     assert out.returncode == 0 and out.stdout == "", out.stdout
@@ -262,6 +271,7 @@ def test_units_verify(fake_root):
     assert "/usr/local/bin/bootcfg is not executable" in verify(fake_root).stdout
 
 
+@pytest.mark.cli
 def test_security_exposure_is_ok():
     tool = need_tool("systemd-analyze", "apt-get install systemd")
     out = subprocess.run([tool, "security", "--offline=yes",
@@ -274,6 +284,7 @@ def test_security_exposure_is_ok():
     assert "exposure level %s %s" % (m.group(1), m.group(2)) in page
 
 
+@pytest.mark.cli
 def test_socket_activation(single_file, data_dir, tmp_path):
     tool = need_tool("systemd-socket-activate", "apt-get install systemd")
     ports = []
@@ -313,6 +324,7 @@ def test_socket_activation(single_file, data_dir, tmp_path):
     assert rc == 0, text
 
 
+@pytest.mark.cli
 def test_socket_activation_serves_tftp_on_a_datagram_socket(single_file, data_dir, tmp_path):
     """bootcfg-tftp.socket's way: systemd opens the UDP port and passes it in; the
     first datagram starts bootcfg, which answers it over TFTP."""
@@ -351,6 +363,7 @@ def test_socket_activation_serves_tftp_on_a_datagram_socket(single_file, data_di
     assert rc == 0, text
 
 
+@pytest.mark.cli
 def test_ready_and_stopping_notifications(data_dir, tmp_path):
     from helpers import bootcfg_command
     path = str(tmp_path / "notify.sock")
@@ -376,6 +389,7 @@ def test_ready_and_stopping_notifications(data_dir, tmp_path):
         sock.close()
 
 
+@pytest.mark.http
 def test_notify_abstract_socket():
     from _bootcfg import systemd as systemd_integration
     name = "bootcfg-test-%d" % os.getpid()
@@ -401,6 +415,7 @@ def test_notify_abstract_socket():
             os.environ["NOTIFY_SOCKET"] = monkeypatch_free
 
 
+@pytest.mark.unit
 def test_listen_fds_for_another_process_are_ignored(monkeypatch):
     from _bootcfg import systemd as systemd_integration
     monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))

@@ -113,6 +113,7 @@ def machines_by_mac(server):
     return doc, {m["mac"]: m for m in doc["machines"]}
 
 
+@pytest.mark.http
 def test_states_and_problems_in_json(serve, fleet):
     d, img = fleet
     s = serve("-data-path", str(d), "-images-path", str(img))
@@ -145,6 +146,7 @@ def test_states_and_problems_in_json(serve, fleet):
     assert len(json.loads(body)["machines"]) == 2
 
 
+@pytest.mark.http
 def test_stuck_after(serve, fleet):
     d, img = fleet
     s = serve("-data-path", str(d), "-images-path", str(img), "-stuck-after", "0.3")
@@ -154,6 +156,7 @@ def test_stuck_after(serve, fleet):
     assert m["state"] == "stuck" and "waiting for initrd initrd.gz, cloud-config" in m["problem"]
 
 
+@pytest.mark.http
 def test_page_escapes_and_forbids_scripts(serve, fleet):
     d, img = fleet
     s = serve("-data-path", str(d), "-images-path", str(img))
@@ -171,6 +174,7 @@ def test_page_escapes_and_forbids_scripts(serve, fleet):
     assert '<meta http-equiv="refresh"' in page
 
 
+@pytest.mark.http
 def test_admin_allow(serve, fleet):
     d, img = fleet
     s = serve("-data-path", str(d), "-images-path", str(img), "-admin-allow",
@@ -182,6 +186,7 @@ def test_admin_allow(serve, fleet):
     assert get(s, "/ipxe?mac=" + MAC1, client="127.0.0.5")[0] == 200
 
 
+@pytest.mark.unit
 def test_admin_allow_maps_ipv4_on_a_dual_stack_socket():
     from _bootcfg.app import App
     import ipaddress
@@ -190,6 +195,7 @@ def test_admin_allow_maps_ipv4_on_a_dual_stack_socket():
     assert not app.admin_allowed("::ffff:198.51.100.1") and not app.admin_allowed("::1")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("shared", [False, True], ids=["one process", "shared ring"])
 def test_records_are_bounded_with_100000_machines(shared):
     t = Tracker(Shared(1) if shared else None, max_machines=10000)
@@ -203,6 +209,7 @@ def test_records_are_bounded_with_100000_machines(shared):
         if i % 2000 == 1999:
             t.view()
     records = t.view()
+    t.close()
     assert len(records) == 10000 and len(t._client_machine) <= 20000
     assert records[-1]["mac"] == "52:54:00:01:86:9f"              # the newest kept
 
@@ -245,6 +252,7 @@ def replay(tracker, steps, monkeypatch):
     return tracker.view()
 
 
+@pytest.mark.unit
 def test_one_process_and_the_shared_ring_make_the_same_records(monkeypatch):
     """One process keeps events as they came and cleans them when /status is read;
     workers write them as text to shared memory. The records must not differ."""
@@ -254,6 +262,7 @@ def test_one_process_and_the_shared_ring_make_the_same_records(monkeypatch):
     assert local[0]["hostname"] == "web\\x01" + XSS
 
 
+@pytest.mark.unit
 def test_an_event_too_long_for_the_ring_is_shortened_not_lost(monkeypatch):
     steps = [(route, path, dict(query, serial="S" * 400) if query else query, status,
               machine, matched, expects, sent, problem * 40)
@@ -265,6 +274,7 @@ def test_an_event_too_long_for_the_ring_is_shortened_not_lost(monkeypatch):
     assert records[2]["attempt"]["steps"][0]["problem"].startswith("boot/mac/x: line 1")
 
 
+@pytest.mark.cli
 def test_the_page_in_a_real_browser(start_server, fleet, tmp_path):
     """Headless Chromium loads /status after the storm: the rendered DOM shows each
     machine's state and problem, the hostile hostname as text and no script ran;
@@ -299,6 +309,7 @@ def test_the_page_in_a_real_browser(start_server, fleet, tmp_path):
     assert os.path.getsize(shot) > 10000
 
 
+@pytest.mark.cli
 def test_one_view_across_workers_and_after_a_replacement(start_server, fleet):
     """Records made through one worker are seen through every other, and survive
     the replacement of the worker that made them; /metrics sums every worker."""

@@ -6,20 +6,24 @@ import time
 
 import pytest
 
-import store
 from helpers import MAC1, UUID1, boot_json, settle, write, write_atomic
 from render import parse_boot_config
+from _bootcfg.files import FakeClock
 from store import FileStore, LoadError
+
+pytestmark = pytest.mark.unit
 
 UUID2 = "0f9e8d7c-6b5a-4938-8271-605f4e3d2c1b"
 
 
 def make_store(root, settled=True, **limits):
-    """A store on `root`; the files written so far are dated back (settled)
-    unless `settled` is False, so only what a test writes afterwards is fresh."""
+    """A store on `root` with a FakeClock; the files written so far are dated back
+    (settled) unless `settled` is False, so only what a test writes afterwards is
+    fresh."""
     if settled:
         settle(root)
-    return FileStore(str(root), {"boot": parse_boot_config, "cloud": None}, limits)
+    return FileStore(str(root), {"boot": parse_boot_config, "cloud": None}, limits,
+                     FakeClock())
 
 
 def tag(match):
@@ -119,7 +123,7 @@ def test_new_file_visible_without_restart(tmp_path):
     s = make_store(tmp_path)
     assert s.lookup("boot", None, MAC1).match.path == "boot/default"
     write_atomic(str(tmp_path / "boot/mac" / MAC1), boot_json(tag="new"))
-    assert tag(poll(lambda: s.lookup("boot", None, MAC1).match, "new")) == "new"
+    assert tag(poll(s, lambda: s.lookup("boot", None, MAC1).match, "new")) == "new"
 
 
 def test_change_within_one_timestamp_tick_is_seen(tmp_path):
@@ -131,19 +135,21 @@ def test_change_within_one_timestamp_tick_is_seen(tmp_path):
     s = make_store(tmp_path)
     write(str(mac_dir / "52:54:00:00:00:02"), boot_json(tag="two"))
     os.utime(str(mac_dir), ns=(before.st_atime_ns, before.st_mtime_ns))
-    found = poll(lambda: s.lookup("boot", None, "52:54:00:00:00:02").match, "two")
+    found = poll(s, lambda: s.lookup("boot", None, "52:54:00:00:00:02").match, "two")
     assert tag(found) == "two"
 
 
-def poll(get, want_tag, timeout=1.5):
-    """The value of get() once its tag is `want_tag`; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
+def poll(store, get, want_tag, timeout=1.5):
+    """The value of get() once its tag is `want_tag`, moving the store's clock
+    20 ms between tries; fails after `timeout` seconds of that clock."""
+    clock = store.files.clock
+    deadline = clock.monotonic() + timeout
     while True:
         value = get()
         if value is not None and tag(value) == want_tag:
             return value
-        assert time.monotonic() < deadline, "still %r after %.1fs" % (value, timeout)
-        time.sleep(0.02)
+        assert clock.monotonic() < deadline, "still %r after %.1fs" % (value, timeout)
+        clock.advance(0.02)
 
 
 def test_in_place_edit_visible_within_a_second(tmp_path):
@@ -152,9 +158,9 @@ def test_in_place_edit_visible_within_a_second(tmp_path):
     s = make_store(tmp_path)
     assert tag(s.lookup("boot").match) == "v1"
     write(path, boot_json(tag="v2"))
-    started = time.monotonic()
-    poll(lambda: s.lookup("boot").match, "v2")
-    assert time.monotonic() - started < 1.0
+    started = s.files.clock.monotonic()
+    poll(s, lambda: s.lookup("boot").match, "v2")
+    assert s.files.clock.monotonic() - started < 1.0
 
 
 def test_half_written_file_serves_last_good(tmp_path, caplog):
@@ -167,14 +173,14 @@ def test_half_written_file_serves_last_good(tmp_path, caplog):
     for _ in range(40):                          # fresh and, later, settled but broken
         m = s.lookup("boot").match
         assert tag(m) == "good" and m.stale
-        time.sleep(0.02)
-    time.sleep(0.3)
+        s.files.clock.advance(0.02)
+    s.files.clock.advance(0.3)
     assert tag(s.lookup("boot").match) == "good"
     warnings = [r for r in caplog.records if "invalid JSON" in r.getMessage()]
     assert len(warnings) == 1, "logged once per change of the file"
     assert path in warnings[0].getMessage() and "last good" in warnings[0].getMessage()
     write(path, full)
-    poll(lambda: s.lookup("boot").match, "next")
+    poll(s, lambda: s.lookup("boot").match, "next")
     assert not s.lookup("boot").match.stale
 
 
@@ -186,10 +192,10 @@ def test_half_written_cloud_config_not_served(tmp_path):
     write(path, "#cloud-con")                     # truncated and partly rewritten
     assert s.lookup("cloud").match.value == b"#cloud-config\nhostname: a\n"
     write(path, "#cloud-config\nhostname: b\n")
-    deadline = time.monotonic() + 1.0
+    deadline = s.files.clock.monotonic() + 1.0
     while s.lookup("cloud").match.value != b"#cloud-config\nhostname: b\n":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+        assert s.files.clock.monotonic() < deadline
+        s.files.clock.advance(0.02)
 
 
 def test_never_parsed_is_an_error_not_a_fallback(tmp_path, caplog):
@@ -215,9 +221,8 @@ def test_fresh_file_waits_to_settle(tmp_path):
     path = str(tmp_path / "boot/default")
     write(path, boot_json(tag="new"))
     s = make_store(tmp_path, settled=False)
-    started = time.monotonic()
     assert tag(s.lookup("boot").match) == "new"
-    assert time.monotonic() - started >= 0.1     # it waited for the file to settle
+    assert s.files.clock.slept >= 0.1            # it waited for the file to settle
 
 
 def test_deleted_file_falls_through(tmp_path):

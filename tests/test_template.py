@@ -110,6 +110,7 @@ def ours(text, data):
         return {"exec_error": str(e)}
 
 
+@pytest.mark.cli
 def test_the_subset_agrees_with_go(go_engine):
     results = go_engine([{"template": t, "data": DATA} for t in AGREE])
     wrong = []
@@ -128,6 +129,7 @@ def test_the_subset_agrees_with_go(go_engine):
         kinds.count("parse_error") > 8
 
 
+@pytest.mark.cli
 def test_go_accepts_what_we_refuse_at_load(go_engine):
     results = go_engine([{"template": t, "data": DATA} for t in REFUSED])
     for text, go in zip(REFUSED, results):
@@ -143,6 +145,7 @@ def test_go_accepts_what_we_refuse_at_load(go_engine):
     ("{{range .l}}{{$nope}}{{end}}", 1, 15),
     ("{{if .a}}\n{{if .b}}x{{end}}", 1, 1),      # the outer block is the unclosed one
 ])
+@pytest.mark.unit
 def test_refusals_name_line_and_column(text, line, col):
     with pytest.raises(template.TemplateSyntaxError) as e:
         template.parse(text)
@@ -155,22 +158,26 @@ def test_refusals_name_line_and_column(text, line, col):
     (True, "true"), ("x y", "x y"), ([1, "a"], "[1 a]"), ({"b": [1], "a": None},
                                                            "map[a:<nil> b:[1]]"),
 ])
+@pytest.mark.unit
 def test_values_print_as_go_prints_them(value, text):
     assert template.go_format(value) == text
 
 
+@pytest.mark.unit
 def test_missing_key_errors_name_the_key_and_place():
     with pytest.raises(template.TemplateError) as e:
         template.parse("x\n  {{.hostname}}").render({})
     assert "2:5" in str(e.value) and "hostname" in str(e.value)
 
 
+@pytest.mark.unit
 def test_indexing_a_string_fails_where_go_prints_a_byte():
     # Go prints 110 (the byte 'n'): never what a config means.
     with pytest.raises(template.TemplateError):
         template.parse("{{index .h 0}}").render({"h": "node"})
 
 
+@pytest.mark.unit
 def test_lenient_request_query_stands_in_for_any_key():
     tpl = template.parse("{{.request.query.rack}}")
     assert tpl.render({"request": {"query": template.LenientMap()}}) == "x"

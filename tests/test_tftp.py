@@ -144,6 +144,7 @@ def error_of(srv, packet):
         c.close()
 
 
+@pytest.mark.http
 def test_names(tftpd, tree):
     srv = tftpd()
     img = tree[1]
@@ -167,6 +168,7 @@ def test_names(tftpd, tree):
     ({"blksize": 7}, 512), ({"blksize": "big"}, 512), ({"tsize": 0}, 512),
     ({"timeout": 3, "blksize": 1024}, 1024),
 ])
+@pytest.mark.http
 def test_options(tftpd, tree, options, blksize):
     srv = tftpd()
     c = Client(srv.address)
@@ -180,6 +182,7 @@ def test_options(tftpd, tree, options, blksize):
         assert accepted["timeout"] == "3"
 
 
+@pytest.mark.http
 @pytest.mark.parametrize("window", [1, 4, 16, 64])
 def test_windowsize(tftpd, tree, window):
     srv = tftpd()
@@ -190,10 +193,12 @@ def test_windowsize(tftpd, tree, window):
     assert accepted.get("windowsize", "1") == str(window)
 
 
+@pytest.mark.http
 def test_exact_multiple_of_the_block_ends_with_an_empty_block(tftpd):
     assert get(tftpd(), "exact512") == b"x" * 1024
 
 
+@pytest.mark.http
 def test_100_mib_with_512_byte_blocks_rolls_over(tftpd, tmp_path):
     """204,801 blocks of 512 bytes: the 16-bit block number wraps three times."""
     big = tmp_path / "images" / "big"
@@ -208,6 +213,7 @@ def test_100_mib_with_512_byte_blocks_rolls_over(tftpd, tmp_path):
     assert len(data) == 100 << 20 and data == big.read_bytes()
 
 
+@pytest.mark.cli
 def test_a_real_client_across_the_rollover(tftpd, tmp_path):
     """curl, one block at a time, past block 65,535."""
     curl = need_tool("curl", "apt-get install curl")
@@ -220,6 +226,7 @@ def test_a_real_client_across_the_rollover(tftpd, tmp_path):
     assert out.read_bytes() == path.read_bytes()
 
 
+@pytest.mark.cli
 def test_busybox_tftp_with_blksize(tftpd, tree, tmp_path):
     busybox = need_tool("busybox", "apt-get install busybox-static")
     srv = tftpd()
@@ -234,11 +241,13 @@ def test_busybox_tftp_with_blksize(tftpd, tree, tmp_path):
     "a\\..\\..\\secret", "%2e%2e/secret", "images/%2e%2e/%2e%2e/secret", "grub/../../secret",
     "assets/../../secret", "assets/escape",
 ])
+@pytest.mark.http
 def test_traversal_refused(tftpd, name):
     code, message = error_of(tftpd(), rrq(name))
     assert code in (1, 2) and "SECRET" not in message
 
 
+@pytest.mark.http
 def test_errors(tftpd):
     srv = tftpd()
     assert error_of(srv, rrq("missing"))[0] == 1
@@ -252,6 +261,7 @@ def test_errors(tftpd):
     assert error_of(srv, b"\x00\x01junk")[0] == 4
 
 
+@pytest.mark.http
 def test_duplicate_acks_do_not_resend_and_lost_blocks_are_resent(tftpd):
     srv = tftpd(tftp_timeout=0.5)
     c = Client(srv.address, timeout=3)
@@ -271,6 +281,7 @@ def test_duplicate_acks_do_not_resend_and_lost_blocks_are_resent(tftpd):
     c.close()
 
 
+@pytest.mark.http
 def test_a_vanished_client_frees_its_slot(tftpd):
     srv = tftpd(tftp_timeout=0.1, tftp_retries=2)
     c = Client(srv.address)
@@ -285,6 +296,7 @@ def test_a_vanished_client_frees_its_slot(tftpd):
     assert 'bootcfg_requests_total{route="tftp:images",status="200"} 1' in metrics
 
 
+@pytest.mark.http
 def test_transfers_are_bounded(tftpd):
     """200 clients at once against a limit of 50: 50 transfers run, the rest get
     an error at once; once they end, new transfers are served."""
@@ -306,6 +318,7 @@ def test_transfers_are_bounded(tftpd):
     assert get(srv, "shimx64.efi") == b"shim"
 
 
+@pytest.mark.http
 def test_served_by_the_cli_logged_and_counted(serve, tree):
     d, img = tree
     s = serve("-data-path", str(d), "-images-path", str(img), "-tftp-address", "127.0.0.1:0")

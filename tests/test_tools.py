@@ -74,6 +74,7 @@ EXPECTED = [
 ]
 
 
+@pytest.mark.cli
 def test_check_finds_each_mistake(broken):
     d, img = broken
     out = bootcfg("check", "-data-path", str(d), "-images-path", str(img))
@@ -87,6 +88,7 @@ def test_check_finds_each_mistake(broken):
     assert b"12 error(s), 3 warning(s)" in out.stderr
 
 
+@pytest.mark.cli
 def test_check_json(broken):
     d, img = broken
     out = bootcfg("check", "--data-path", str(d), "--images-path", str(img), "--format", "json")
@@ -97,12 +99,14 @@ def test_check_json(broken):
     assert (first["line"], first["col"], first["severity"]) == (3, 14, "error")
 
 
+@pytest.mark.cli
 def test_check_clean_data_exits_0(tmp_path):
     out = bootcfg("check", "-data-path", os.path.join(ROOT, "data"))
     assert out.returncode == 0 and out.stdout == b""
     assert b"0 error(s), 0 warning(s)" in out.stderr
 
 
+@pytest.mark.cli
 def test_check_warnings_only_exit_0(tmp_path):
     write(str(tmp_path / "boot/default"), boot_json())
     write(str(tmp_path / "cloud/default"), "plain text\n")
@@ -110,6 +114,7 @@ def test_check_warnings_only_exit_0(tmp_path):
     assert out.returncode == 0 and b": warning: " in out.stdout
 
 
+@pytest.mark.http
 def test_check_agrees_with_server(broken, serve):
     """Every file check calls an error the server refuses too (500 or never matched)."""
     d, img = broken
@@ -131,6 +136,7 @@ MACHINES = [
 ]
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("uuid, mac", MACHINES)
 def test_explain_matches_server_byte_for_byte(serve, uuid, mac):
     data = os.path.join(ROOT, "data")
@@ -153,6 +159,7 @@ def test_explain_matches_server_byte_for_byte(serve, uuid, mac):
         assert body.rstrip(b"\n") in report
 
 
+@pytest.mark.cli
 def test_explain_shows_the_search(data_dir):
     out = bootcfg("explain", "-data-path", str(data_dir), "--uuid", UUID1, "--mac", MAC1,
                   "--platform", "efi").stdout.decode()
@@ -165,6 +172,7 @@ def test_explain_shows_the_search(data_dir):
     assert re.search(rb"default +boot/default +\{\} +MATCHED", out)
 
 
+@pytest.mark.cli
 def test_explain_invalid_file(data_dir):
     write(str(data_dir / "boot/mac" / MAC1), "{oops")
     os.utime(str(data_dir / "boot/mac" / MAC1), (time.time() - 5,) * 2)
@@ -176,6 +184,7 @@ def test_explain_invalid_file(data_dir):
 
 # ---------------------------------------------------------------- logs
 
+@pytest.mark.http
 def test_json_logs(serve, data_dir):
     s = serve("-data-path", str(data_dir), "-log-format", "json")
     s.get("/ipxe?uuid=%s&mac=%s" % (UUID1, MAC1))
@@ -199,6 +208,7 @@ def test_json_logs(serve, data_dir):
     assert all(r["time"].endswith("Z") for r in records)
 
 
+@pytest.mark.http
 def test_log_format_from_env(serve, data_dir):
     s = serve("-data-path", str(data_dir), env={"BOOTCFG_LOG_FORMAT": "json"})
     s.get("/")
@@ -214,6 +224,7 @@ def metric(text, name, **labels):
     return float(m.group(1)) if m else 0.0
 
 
+@pytest.mark.cli
 def test_metrics_parse_and_move(serve, data_dir):
     promtool = need_tool("promtool", "apt-get install prometheus")
     s = serve("-data-path", str(data_dir))
@@ -249,6 +260,7 @@ def test_metrics_parse_and_move(serve, data_dir):
     conn.close()
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("command", ["check", "explain"])
 def test_tools_report_a_missing_data_directory_in_one_line(command):
     out = bootcfg(command, "-data-path", "/nonexistent/data")

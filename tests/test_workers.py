@@ -1,6 +1,7 @@
 """-workers N as operators run it: a master process that serves nothing, N worker
 processes on the same sockets, dead workers replaced, crash loops backed off."""
 
+import pytest
 import os
 import re
 import signal
@@ -9,6 +10,8 @@ import threading
 import time
 
 from helpers import MAC1, boot_json, write
+
+pytestmark = pytest.mark.cli
 
 
 def children_of(pid):

@@ -17,6 +17,8 @@ from e2e_helpers import TEST_NET, _sh, start_dnsmasq, substitute, verdict
 from helpers import ROOT, write
 from test_ignition_boot import files_of, ignition_boot_config, ignition_initrd  # noqa: F401
 
+pytestmark = pytest.mark.e2e
+
 RECIPE = os.path.join(ROOT, "contrib", "dnsmasq", "bootcfg.conf")
 MAC, OTHER_UUID = "52:54:00:e2:00:31", "0b7e6c52-3f0a-4d8e-9a51-6c2f8e1d4b77"
 INTRUDER_MAC, INTRUDER_IP = "52:54:00:e2:00:99", TEST_NET + "99"

@@ -5,12 +5,16 @@ User-mode networking: 10.0.2.2 inside the guest is the host's 127.0.0.1, and
 QEMU's own DHCP hands iPXE `bootfile=http://10.0.2.2:PORT/boot.ipxe`.
 """
 
+import pytest
+
 import re
 import time
 import uuid as uuidlib
 
 from e2e_helpers import boot_config, cloud_of, verdict
 from helpers import write
+
+pytestmark = pytest.mark.e2e
 
 BIOS_UUID = "9b2e4f10-5c3a-4d7e-8f1b-2a6c9d0e1f23"
 

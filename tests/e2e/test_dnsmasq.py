@@ -6,12 +6,16 @@ bootcfg listening on the bridge address, and a QEMU guest on the tap.
 DHCP -> boot.ipxe -> /ipxe -> kernel + initrd -> DHCP again -> cloud-config.
 """
 
+import pytest
+
 import os
 import re
 import uuid as uuidlib
 
 from e2e_helpers import TEST_NET, boot_config, cloud_of, start_dnsmasq, substitute, verdict
 from helpers import ROOT, write
+
+pytestmark = pytest.mark.e2e
 
 RECIPE = os.path.join(ROOT, "contrib", "dnsmasq", "bootcfg.conf")
 

@@ -25,6 +25,8 @@ from e2e_helpers import (TEST_NET, Guest, boot_config, cloud_of, missing, start_
                          substitute, verdict)
 from helpers import ROOT, ServerProcess, write
 
+pytestmark = pytest.mark.e2e
+
 RECIPES = os.path.join(ROOT, "contrib", "dnsmasq")
 SERVER = TEST_NET + "1"
 BASE = "http://%s:8080" % SERVER

@@ -33,6 +33,8 @@ from e2e_helpers import (TEST_NET, Guest, boot_network, missing, start_dnsmasq, 
                          verdict)
 from helpers import ROOT, ServerProcess, write
 
+pytestmark = pytest.mark.e2e
+
 RECIPE = os.path.join(ROOT, "contrib", "dnsmasq", "bootcfg-secureboot.conf")
 SHIM = "/usr/lib/shim/shimx64.efi.signed"
 SIGNED_GRUB = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"

@@ -13,6 +13,8 @@ import pytest
 from e2e_helpers import verdict
 from helpers import IN_CI, write
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="session")
 def ignition_initrd(guest_images):

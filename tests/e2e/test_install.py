@@ -30,6 +30,8 @@ import pytest
 from e2e_helpers import missing, verdict
 from helpers import write
 
+pytestmark = pytest.mark.e2e
+
 MAC = {"bios": "52:54:00:e2:04:01", "efi": "52:54:00:e2:04:02"}
 DISK_TOOLS = ("grub-mkimage", "mformat", "mcopy", "sfdisk")
 

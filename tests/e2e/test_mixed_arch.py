@@ -26,6 +26,8 @@ from e2e_helpers import (AAVMF_CODE, TEST_NET, Guest, boot_network, missing, sta
                          substitute, verdict)
 from helpers import ROOT, ServerProcess, write
 
+pytestmark = pytest.mark.e2e
+
 RECIPE = os.path.join(ROOT, "contrib", "dnsmasq", "bootcfg-mixed-arch.conf")
 SERVER = TEST_NET + "1"
 BASE = "http://%s:8080" % SERVER

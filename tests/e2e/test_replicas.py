@@ -30,6 +30,8 @@ from helpers import ROOT, ServerProcess, write
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from guard import machine_mac, source_address, storm  # noqa: E402
 
+pytestmark = pytest.mark.e2e
+
 RECIPES = {"nginx": os.path.join(ROOT, "contrib", "loadbalancer", "nginx-bootcfg.conf"),
            "haproxy": os.path.join(ROOT, "contrib", "loadbalancer", "haproxy-bootcfg.cfg")}
 MACHINES = 600
