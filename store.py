@@ -308,7 +308,10 @@ class _GroupIndex:
     def refresh(self):
         if self.parse is None:
             return
-        due = self.watch.due()
+        watch = self.watch
+        if watch._monotonic() - watch._checked_at < watch._every:
+            return
+        due = watch.due()
         if due is None:
             return
         sig, changed = due

@@ -80,6 +80,7 @@ class Files:
 
     def __init__(self, root, limits, clock=SYSTEM_CLOCK):
         self.root, self.limits, self.clock = root, limits, clock
+        self._monotonic = clock.monotonic
         self._cache = collections.OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -113,7 +114,7 @@ class Files:
         path = os.path.join(self.root, rel)
         key = key or rel
         entry = self._cache.get(key)
-        now = self.clock.monotonic()
+        now = self._monotonic()
         if entry is not None and entry.error is None and \
                 now - entry.checked < self.limits["file_check_seconds"]:
             try:
@@ -246,6 +247,8 @@ class DirWatch:
 
     def __init__(self, path, limits, clock=SYSTEM_CLOCK):
         self.path, self.limits, self.clock = path, limits, clock
+        self._monotonic = clock.monotonic
+        self._every = limits["dir_check_seconds"]
         self.sig = None
         self._racy = False
         self._checked_at = self._scanned_at = -1e9
@@ -260,8 +263,8 @@ class DirWatch:
     def due(self):
         """None when the directory was looked at within dir_check_seconds; else
         (signature, changed since the last scan)."""
-        now = self.clock.monotonic()
-        if now - self._checked_at < self.limits["dir_check_seconds"]:
+        now = self._monotonic()
+        if now - self._checked_at < self._every:
             return None
         self._checked_at = now
         sig = self.signature()
@@ -291,7 +294,9 @@ class KeyDirectory:
         self._refresh()
 
     def get(self, key):
-        self._refresh()
+        watch = self.watch
+        if watch._monotonic() - watch._checked_at >= watch._every:
+            self._refresh()
         return self._map.get(key)
 
     def snapshot(self):

@@ -135,6 +135,33 @@ class Machine(NamedTuple):
     problems: tuple = ()     # ("uuid", reason) / ("mac", reason)
 
 
+# Parsed keys by their spelling, for the request path: only texts short enough to
+# be a spelling at all (38 characters: a braced UUID), and at most _CACHED of
+# them (cleared when full), so hostile input can neither grow it nor fill it with
+# anything but short strings.
+_CACHED = 8192
+_MAX_SPELLING = 38
+_parsed = {}
+
+
+def _parse(name, text):
+    """(key or None, problem or None) of one raw value, remembered."""
+    found = _parsed.get((name, text))
+    if found is not None:
+        return found
+    try:
+        value = KEYS[name](text)
+        found = (value, None) if value is not None else (
+            None, "%s is a placeholder many machines report, not one machine" % _short(text))
+    except ValueError as e:
+        found = (None, str(e))
+    if len(text) <= _MAX_SPELLING:
+        if len(_parsed) >= _CACHED:
+            _parsed.clear()
+        _parsed[(name, text)] = found
+    return found
+
+
 def query_keys(query):
     """{"uuid": raw, "mac": raw} from a request's query: the machine keys in any
     case (`MAC=`, `Uuid=`), as matchbox reads them; the lowercase name wins."""
@@ -149,35 +176,35 @@ def query_keys(query):
 def from_query(query):
     """The Machine a query names (see query_keys); a malformed or placeholder
     value is no key, and says why in `problems`."""
-    raw = query_keys(query)
-    keys, problems = {}, []
-    for name in MACHINE_KEYS:
-        text = raw.get(name)
-        if not text:
-            continue
-        try:
-            value = KEYS[name](text)
-        except ValueError as e:
-            problems.append((name, str(e)))
-            continue
-        if value is None:
-            problems.append((name, "%s is a placeholder many machines report, not one "
-                                   "machine" % _short(text)))
-            continue
-        keys[name] = value
-    return Machine(keys.get("uuid", ""), keys.get("mac", ""), tuple(problems))
+    return labels(query)[1]
 
 
 def labels(query):
     """(labels, Machine) of a request: every non-empty query parameter but the
-    machine keys (in any case), then uuid and mac, canonical, when valid."""
-    machine = from_query(query)
-    out = {k: v for k, v in query.items() if v and k.lower() not in KEYS}
-    if machine.uuid:
-        out["uuid"] = machine.uuid
-    if machine.mac:
-        out["mac"] = machine.mac
-    return out, machine
+    machine keys (in any case), then uuid and mac, canonical, when valid. A
+    malformed or placeholder key is no key, and says why in `problems`."""
+    out, raw = {}, {}
+    for name, value in query.items():
+        if name == "mac" or name == "uuid":
+            raw[name] = value
+        elif len(name) in (3, 4) and name.lower() in KEYS:
+            raw.setdefault(name.lower(), value)     # the lowercase spelling wins
+        elif value:
+            out[name] = value
+    uuid = mac = ""
+    problems = ()
+    for name in MACHINE_KEYS:
+        text = raw.get(name)
+        if not text:
+            continue
+        value, problem = _parse(name, text)
+        if problem is not None:
+            problems += ((name, problem),)
+        elif name == "uuid":
+            uuid = out["uuid"] = value
+        else:
+            mac = out["mac"] = value
+    return out, Machine(uuid, mac, problems)
 
 
 def client_address(text):
