@@ -308,10 +308,7 @@ class _GroupIndex:
     def refresh(self):
         if self.parse is None:
             return
-        watch = self.watch
-        if watch._monotonic() - watch._checked_at < watch._every:
-            return
-        due = watch.due()
+        due = self.watch.due()
         if due is None:
             return
         sig, changed = due

@@ -14,6 +14,7 @@ render.py); the rest lives here, under a name no other distribution uses:
     fleet.py     -peers: the merged /status of several replicas
     workers.py   -workers N: a master that starts, reaps and replaces workers
     shared.py    memory all workers share (counters, boot events)
+    repeat.py    background work: a task a thread repeats until closed
     tftp.py      the read-only TFTP server
     ignition.py  Ignition configs: validation per spec version
     groups.py    groups and profiles; template.py the Go text/template subset

@@ -13,17 +13,17 @@ and `connection(delta)` (a connection opened or closed).
 
 import functools
 import ipaddress
-from typing import NamedTuple
 import json
 import logging
 import os
+from typing import NamedTuple
 import time
 from urllib.parse import unquote, urlsplit
 
 import render
 import store
-from _bootcfg import (__version__, fleet, groups, ignition, images, machine, metrics,
-                      status_page, template)
+from _bootcfg import (__version__, files, fleet, groups, ignition, images, machine,
+                      metrics, status_page, template)
 from _bootcfg.answers import Refusal, Response, printable, refused
 from _bootcfg.status import Tracker
 
@@ -102,9 +102,7 @@ render_pixiecore = functools.lru_cache(maxsize=4096)(render.render_pixiecore)
 def make_store(data_root, limits=None, clock=None):
     """The FileStore the server, `check` and `explain` all read through (`clock`:
     a files.FakeClock in tests)."""
-    if clock is None:
-        return store.FileStore(data_root, PARSERS, limits)
-    return store.FileStore(data_root, PARSERS, limits, clock)
+    return store.FileStore(data_root, PARSERS, limits, clock or files.SYSTEM_CLOCK)
 
 
 class App:
@@ -389,7 +387,7 @@ class App:
         labels, (uuid, mac) = machine_labels(req)
         match = self.lookup("boot", labels)
         facts = {name: req.query.get(name, "") for name in FACTS}
-        keys = machine.query_keys(req.query)
+        keys = machine.split_query(req.query)[1]
         facts.update(uuid=machine.uuid_spelling(keys.get("uuid")),
                      mac=machine.mac_spelling(keys.get("mac")))
         over_tftp = req.method == "RRQ"

@@ -294,9 +294,7 @@ class KeyDirectory:
         self._refresh()
 
     def get(self, key):
-        watch = self.watch
-        if watch._monotonic() - watch._checked_at >= watch._every:
-            self._refresh()
+        self._refresh()
         return self._map.get(key)
 
     def snapshot(self):

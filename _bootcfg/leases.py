@@ -26,6 +26,7 @@ import threading
 import time
 
 from _bootcfg import machine
+from _bootcfg.repeat import Repeat
 
 log = logging.getLogger("bootcfg")
 
@@ -335,19 +336,14 @@ class Bindings:
                     lease_file.path, getattr(e, "strerror", None) or e)) from None
         if self.neighbors:
             self._read_neighbors()
-        self._closed = threading.Event()
-        self._thread = None
-        if follow and self.files:
-            self._thread = threading.Thread(target=self._follow, args=(poll,), name="leases",
-                                            daemon=True)
-            self._thread.start()
+        self._follower = Repeat(poll, self.refresh, "leases") if follow and self.files \
+            else None
 
     def close(self):
         """Stop following the lease files."""
-        self._closed.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
 
     def describe(self):
         parts = ["%s (%s, %d leases)" % (f.path, f.format, len(f.table)) for f in self.files]
@@ -399,7 +395,3 @@ class Bindings:
                                 "(%d leases) stays", lease_file.path, reason,
                                 len(lease_file.table))
                 lease_file.failing = reason
-
-    def _follow(self, poll):
-        while not self._closed.wait(poll):
-            self.refresh()

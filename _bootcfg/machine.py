@@ -162,19 +162,23 @@ def _parse(name, text):
     return found
 
 
-def query_keys(query):
-    """{"uuid": raw, "mac": raw} from a request's query: the machine keys in any
-    case (`MAC=`, `Uuid=`), as matchbox reads them; the lowercase name wins."""
-    found = {}
+def split_query(query):
+    """(other labels, raw keys) of a query: every non-empty parameter that is not
+    a machine key, and {"uuid": raw, "mac": raw} with the machine keys in any case
+    (`MAC=`, `Uuid=`), as matchbox reads them; the lowercase name wins."""
+    out, raw = {}, {}
     for name, value in query.items():
-        low = name.lower()
-        if low in KEYS and (low == name or low not in found):
-            found[low] = value
-    return found
+        if name == "mac" or name == "uuid":
+            raw[name] = value
+        elif len(name) in (3, 4) and name.lower() in KEYS:
+            raw.setdefault(name.lower(), value)
+        elif value:
+            out[name] = value
+    return out, raw
 
 
 def from_query(query):
-    """The Machine a query names (see query_keys); a malformed or placeholder
+    """The Machine a query names (see split_query); a malformed or placeholder
     value is no key, and says why in `problems`."""
     return labels(query)[1]
 
@@ -183,14 +187,7 @@ def labels(query):
     """(labels, Machine) of a request: every non-empty query parameter but the
     machine keys (in any case), then uuid and mac, canonical, when valid. A
     malformed or placeholder key is no key, and says why in `problems`."""
-    out, raw = {}, {}
-    for name, value in query.items():
-        if name == "mac" or name == "uuid":
-            raw[name] = value
-        elif len(name) in (3, 4) and name.lower() in KEYS:
-            raw.setdefault(name.lower(), value)     # the lowercase spelling wins
-        elif value:
-            out[name] = value
+    out, raw = split_query(query)
     uuid = mac = ""
     problems = ()
     for name in MACHINE_KEYS:

@@ -8,6 +8,8 @@ import threading
 import time
 import types
 
+from _bootcfg.repeat import Repeat
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -28,21 +30,18 @@ class Metrics:
         self.lookups = {}         # (kind, match) -> count
         self.cuts = {}            # reason -> connections the guard closed
         self.unbound = {}         # reason -> config requests refused by -bind-configs
-        self._closed = threading.Event()
-        self._thread = None
+        self._publisher = None
         if shared is not None and shared.slots > 1:
             # a replacement worker continues its slot's counts
             _add(self, shared.counters(shared.slot), connections=False)
-            self._thread = threading.Thread(target=self._publish, name="metrics",
-                                            daemon=True)
-            self._thread.start()
+            self._publish()
+            self._publisher = Repeat(1.0, self._publish, "metrics", last=True)
 
     def close(self):
-        """Stop the publishing thread (after one last publication)."""
-        self._closed.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Stop publishing (after one last publication)."""
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
 
     def snapshot(self):
         with self._lock:
@@ -54,11 +53,7 @@ class Metrics:
                     "connections": self.open_connections}
 
     def _publish(self):
-        while True:
-            self.shared.publish(self.snapshot())
-            if self._closed.wait(1.0):
-                self.shared.publish(self.snapshot())
-                return
+        self.shared.publish(self.snapshot())
 
     def totals(self):
         """These counters plus every other worker's last published ones."""

@@ -344,20 +344,17 @@ def add_arguments(parser, command, environ):
     """Add every setting `command` takes to an argparse parser, its default from
     `environ` (BOOTCFG_*) when set. argparse runs the type on a text default, so a
     bad variable gets the same one-line error as a bad flag."""
-    groups = {}
+    limits = parser.add_argument_group("limits")
     for s in SETTINGS:
         if command not in s.scope:
             continue
-        title = "limits" if s.limit else "settings"
-        if title not in groups:
-            groups[title] = parser.add_argument_group(title) if s.limit else parser
         raw = environ.get(s.variable)
         kwargs = dict(type=s.type, dest=s.name,
                       default=raw if raw is not None else s.default,
                       help="%s (%s; default %s)" % (s.help.replace("%", "%%"), s.variable,
                                                    s.default_text().replace("%", "%%")))
         kwargs["metavar"] = s.metavar or _metavar(s)
-        groups[title].add_argument(s.flag, "-" + s.flag, **kwargs)
+        (limits if s.limit else parser).add_argument(s.flag, "-" + s.flag, **kwargs)
 
 
 def _metavar(s):

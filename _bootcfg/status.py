@@ -24,6 +24,7 @@ import time
 
 from _bootcfg.answers import printable
 from _bootcfg.machine import record_key
+from _bootcfg.repeat import Repeat
 
 STATES = ("booting", "handed off", "stuck", "failed")
 _FIELDS = ("t", "kind", "route", "client", "uuid", "mac", "hostname", "serial", "arch",
@@ -62,19 +63,15 @@ class Tracker:
         self._positions = [0] * (shared.slots if shared is not None else 0)
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._closed = threading.Event()
-        self._thread = None
+        self._flusher = None
         if shared is not None:
-            self._thread = threading.Thread(target=self._flush_every, args=(flush_seconds,),
-                                            name="status-flush", daemon=True)
-            self._thread.start()
+            self._flusher = Repeat(flush_seconds, self.flush, "status-flush", last=True)
 
     def close(self):
         """Stop the flush thread (after one last flush)."""
-        self._closed.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self._flusher is not None:
+            self._flusher.close()
+            self._flusher = None
 
     # ------------------------------------------------------------ writing
 
@@ -89,11 +86,6 @@ class Tracker:
                             get("hostname", ""), get("serial", ""), get("arch", ""),
                             get("platform", ""), resp.status, resp.matched, req.path,
                             sent, resp.length, ms, expects, problem))   # atomic
-
-    def _flush_every(self, seconds):
-        while not self._closed.wait(seconds):
-            self.flush()
-        self.flush()
 
     def flush(self):
         """Move the queued events to this worker's ring (with `shared`)."""
